@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Both set up a fresh machine: .venv with the pins of requirements.lock, and the Debian data package.
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+export TVM_NUM_THREADS ?= 2
+
+.PHONY: demo test test-all data setup bench
+setup: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@rm -f $(VENV)/.installed-* && touch $@
+
+data: $(FMNIST)
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+demo: $(STAMP) $(FMNIST)
+	$(PY) -m lightning_gbd.demo --out runs/demo
+
+test: $(STAMP) $(FMNIST)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-all: $(STAMP) $(FMNIST)
+	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/gather_gemm_speed.py

@@ -1,0 +1,64 @@
+"""Small networks and the image-classification LightningModule used by the demo and recipes."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+
+
+class LeNet5(nn.Sequential):
+    """LeNet-5 in Caffe's layout: conv 20 5x5, max-pool, conv 50 5x5, max-pool, fc 500, fc 10."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
+        side = ((image_size - 4) // 2 - 4) // 2
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 20, 5)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(50 * side * side, 500)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(500, num_classes)
+
+
+class ImageClassifier(LightningModule):
+    """Cross-entropy classification of any ``net``; logs ``train_loss``, and ``{split}_acc`` /
+    ``{split}_loss`` for each validation split named in ``val_names`` (one per val dataloader)."""
+
+    def __init__(self, net: nn.Module | None = None, lr: float = 0.01, momentum: float = 0.9,
+                 weight_decay: float = 5e-4, optimizer: str = "sgd",
+                 val_names: tuple[str, ...] = ("control", "holdout")) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net if net is not None else LeNet5()
+        self.val_names = tuple(val_names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def _eval(self, batch, split: str):
+        x, y = batch
+        logits = self(x)
+        self.log(f"{split}_loss", F.cross_entropy(logits, y), add_dataloader_idx=False, sync_dist=True)
+        self.log(f"{split}_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True,
+                 add_dataloader_idx=False, sync_dist=True)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval(batch, self.val_names[dataloader_idx] if dataloader_idx < len(self.val_names) else f"val{dataloader_idx}")
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval(batch, "test")
+
+    def configure_optimizers(self):
+        if self.hparams.optimizer == "adamw":
+            return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
+                               weight_decay=self.hparams.weight_decay)
