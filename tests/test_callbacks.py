@@ -147,11 +147,12 @@ def test_gradual_run_sparsifies_and_stops_on_stall(tmp_path, layout_net, fmnist_
 
 
 def test_stall_lowers_theta_when_drop_too_big(tmp_path, layout_net, fmnist_small):
-    cb = _gradual(lam=0.0, epsilon=0.0, patience=100, delta=-1.0, baseline=1.0)  # every drop is too big
-    _attach(cb, layout_net)
+    cb = _gradual(lam=0.0, epsilon=0.0, patience=100, delta=0.5, baseline=2.0)  # every drop is > 1 > delta
+    model = ImageClassifier(layout_net)
+    _attach(cb, model)
     cb.theta = float(torch.quantile(cb._all_norms(), 0.5))
     trainer = make_trainer(tmp_path, [cb], max_steps=8, val_check_interval=4, limit_val_batches=1)
-    trainer.fit(ImageClassifier(layout_net), fmnist_small)
+    trainer.fit(model, fmnist_small)
     thetas = [h["theta"] for h in cb.history]
     assert len(thetas) == 2 and thetas[1] < thetas[0]
 
