@@ -4,9 +4,11 @@ Flow: model -> callbacks (this package) -> checkpoint with patterns -> ``.pt2`` 
 ``gbd-export`` (``tvm_passes``) -> compiled artifact.
 """
 from .callbacks import (FixedSparsityPatterns, GradualGroupSparsification, GroupSparsityRegularizer,
-                        GroupWiseSparsification, PATTERN_LIBRARY)
+                        GroupWiseSparsification, LowRankDecomposition, PATTERN_LIBRARY)
+from .force import ForceRegularization, rank_table
 from .report import load_checkpoint, read_patterns
 
 __all__ = ["GroupSparsityRegularizer", "GroupWiseSparsification", "GradualGroupSparsification",
-           "FixedSparsityPatterns", "PATTERN_LIBRARY", "read_patterns", "load_checkpoint"]
+           "FixedSparsityPatterns", "PATTERN_LIBRARY", "read_patterns", "load_checkpoint",
+           "ForceRegularization", "LowRankDecomposition", "rank_table"]
 __version__ = "0.1.0"

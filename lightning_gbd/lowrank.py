@@ -191,5 +191,131 @@ def decomposed_flops(module: nn.Module, in_shape: tuple[int, int, int, int]) -> 
     return total
 
 
+
+
+def _kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    cent = x[torch.randperm(x.shape[0], generator=gen)[:k]].clone()
+    assign = torch.zeros(x.shape[0], dtype=torch.long)
+    for _ in range(iters):
+        assign = torch.cdist(x, cent).argmin(1)
+        for c in range(k):
+            if (assign == c).any():
+                cent[c] = x[assign == c].mean(0)
+    return assign
+
+
+class BiclusterConv(nn.Module):
+    """Biclustered low-rank conv (paper 001 section 3.3): inputs split into G clusters, outputs
+    into H clusters, every (output, input) block approximated with rank K. Per input cluster one
+    conv computes the K basis maps of every output cluster; one 1x1 conv (block-structured
+    weight) mixes them into the outputs, which stay in their original order."""
+
+    def __init__(self, conv: nn.Conv2d, in_idx: list[torch.Tensor], bases: list[torch.Tensor], mix: torch.Tensor):
+        super().__init__()
+        for g, idx in enumerate(in_idx):
+            self.register_buffer(f"idx{g}", idx)
+        self.basis = nn.ModuleList()
+        for g, b in enumerate(bases):
+            m = _like(_conv_like(conv, len(in_idx[g]), b.shape[0], 1, False), conv)
+            with torch.no_grad():
+                m.weight.copy_(b)
+            self.basis.append(m)
+        self.mix = _like(nn.Conv2d(mix.shape[1], mix.shape[0], 1, bias=conv.bias is not None), conv)
+        with torch.no_grad():
+            self.mix.weight.copy_(mix[:, :, None, None])
+            if conv.bias is not None:
+                self.mix.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = [m(x.index_select(1, getattr(self, f"idx{g}"))) for g, m in enumerate(self.basis)]
+        return self.mix(torch.cat(maps, 1))
+
+
+def bicluster_decompose(conv: nn.Conv2d, in_clusters: int, out_clusters: int, rank: int, seed: int = 0):
+    """Bicluster inputs and outputs by k-means and approximate each block with rank ``rank``."""
+    if conv.groups != 1:
+        raise ValueError("bicluster_decompose supports groups=1 convs only")
+    w = conv.weight.detach().double()
+    n, c, kh, kw = w.shape
+    out_assign = _kmeans(w.reshape(n, -1), out_clusters, seed=seed)
+    in_assign = _kmeans(w.permute(1, 0, 2, 3).reshape(c, -1), in_clusters, seed=seed)
+    approx = torch.zeros_like(w)
+    in_idx, bases, cols = [], [], []
+    for g in range(in_clusters):
+        ig = (in_assign == g).nonzero().flatten()
+        if ig.numel() == 0:
+            continue
+        in_idx.append(ig)
+        blocks = []
+        for h in range(out_clusters):
+            oh = (out_assign == h).nonzero().flatten()
+            if oh.numel() == 0:
+                continue
+            m = w[oh][:, ig].reshape(oh.numel(), -1)
+            u, s, vh = torch.linalg.svd(m, full_matrices=False)
+            k = min(rank, s.numel())
+            blocks.append((s[:k, None] * vh[:k]).reshape(k, ig.numel(), kh, kw))
+            col = torch.zeros(n, k, dtype=w.dtype)
+            col[oh] = u[:, :k]
+            cols.append(col)
+            approx[oh[:, None], ig[None, :]] = (u[:, :k] @ (s[:k, None] * vh[:k])).reshape(oh.numel(), ig.numel(), kh, kw)
+        bases.append(torch.cat(blocks))
+    return BiclusterConv(conv, in_idx, bases, torch.cat(cols, 1)), _rel_err(w, approx)
+
+
+class MonochromaticConv(nn.Module):
+    """Monochromatic first layer (paper 001 section 5.1.1): a 1x1 colour transform to ``colors``
+    channels, then each output filter applies its own spatial filter to one colour channel."""
+
+    def __init__(self, conv: nn.Conv2d, centroids: torch.Tensor, assign: torch.Tensor, spatial: torch.Tensor):
+        super().__init__()
+        colors = centroids.shape[0]
+        self.color = _like(nn.Conv2d(conv.in_channels, colors, 1, bias=False), conv)
+        order = torch.argsort(assign, stable=True)
+        self.register_buffer("inverse", torch.argsort(order))
+        counts = torch.bincount(assign, minlength=colors)
+        self.spatial = nn.ModuleList()
+        with torch.no_grad():
+            self.color.weight.copy_(centroids[:, :, None, None])
+            start = 0
+            for k in range(colors):
+                idx = order[start:start + int(counts[k])]
+                start += int(counts[k])
+                m = _like(_conv_like(conv, 1, max(1, idx.numel()), 1, conv.bias is not None), conv)
+                if idx.numel():
+                    m.weight.copy_(spatial[idx][:, None])
+                    if conv.bias is not None:
+                        m.bias.copy_(conv.bias[idx])
+                self.spatial.append(m if idx.numel() else None)
+        self.counts = counts.tolist()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.color(x)
+        outs = [m(c[:, k:k + 1]) for k, m in enumerate(self.spatial) if m is not None]
+        return torch.cat(outs, 1).index_select(1, self.inverse)
+
+
+def monochromatic_decompose(conv: nn.Conv2d, colors: int, seed: int = 0):
+    """Per output filter a rank-1 (colour x space) approximation; the colour vectors are clustered
+    into ``colors`` centroids and the spatial filters refitted to them by least squares."""
+    if conv.groups != 1:
+        raise ValueError("monochromatic_decompose supports groups=1 convs only")
+    w = conv.weight.detach().double()
+    n, c, kh, kw = w.shape
+    mats = w.reshape(n, c, kh * kw)
+    u, s, vh = torch.linalg.svd(mats, full_matrices=False)
+    col = u[:, :, 0] * torch.sign(u[:, :1, 0] + 1e-30)  # unit colour per filter, sign fixed
+    colors = min(colors, n)
+    assign = _kmeans(col, colors, seed=seed)
+    cent = torch.stack([col[assign == k].mean(0) if (assign == k).any() else col[0] for k in range(colors)])
+    cent = cent / cent.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    spatial = torch.einsum("nci,nc->ni", mats, cent[assign])  # least squares with a unit colour vector
+    approx = cent[assign][:, :, None] * spatial[:, None, :]
+    mod = MonochromaticConv(conv, cent, assign, spatial.reshape(n, kh, kw))
+    return mod, _rel_err(w, approx.reshape(w.shape))
+
+
 METHODS = {"pca": pca_decompose, "svd": svd_decompose, "kmeans": kmeans_decompose,
-           "separable": separable_decompose, "cp": cp_decompose}
+           "separable": separable_decompose, "cp": cp_decompose, "bicluster": bicluster_decompose,
+           "monochromatic": monochromatic_decompose}

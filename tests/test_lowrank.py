@@ -78,3 +78,36 @@ def test_flops_of_decomposition():
     mod, _ = pca_decompose(c, rank=8)
     assert decomposed_flops(mod, (1, 64, 10, 10)) == 2 * 100 * (8 * 64 * 9 + 64 * 8)
     assert decomposed_flops(c, (1, 64, 10, 10)) == 2 * 100 * 64 * 64 * 9
+
+
+def test_bicluster_full_rank_exact_and_error_reported():
+    from lightning_gbd.lowrank import bicluster_decompose
+    c = conv(c=6, n=8)
+    mod, err = bicluster_decompose(c, in_clusters=2, out_clusters=2, rank=100)
+    assert err < 1e-20 and out_err(c, mod, X) < 1e-10
+    mod, err = bicluster_decompose(c, in_clusters=2, out_clusters=2, rank=1)
+    assert 0 < err < 1
+    # the realised conv is the approximation whose error was reported
+    probe = torch.zeros(6 * 9, 6, 3, 3, dtype=torch.float64)
+    for idx in range(6 * 9):
+        probe.view(6 * 9, -1)[idx, idx] = 1.0
+    with torch.no_grad():
+        w_eff = (mod(probe) - (c.bias[None, :, None, None] if c.bias is not None else 0))[:, :, 1, 1]
+        w_eff = w_eff.T.reshape(8, 6, 3, 3)  # out[1, 1] of a delta at (s, i, j) is W[:, s, i, j]
+    assert abs(float((c.weight - w_eff).pow(2).sum() / c.weight.pow(2).sum()) - err) < 1e-10
+
+
+def test_monochromatic_exact_when_colours_are_shared():
+    from lightning_gbd.lowrank import monochromatic_decompose
+    torch.manual_seed(4)
+    cols = torch.randn(2, 3, dtype=torch.float64)
+    cols = cols / cols.norm(dim=1, keepdim=True)
+    w = torch.einsum("nc,nij->ncij", cols[torch.tensor([0, 1, 0, 1, 1, 0])], torch.randn(6, 5, 5, dtype=torch.float64))
+    c = nn.Conv2d(3, 6, 5, padding=2).double()
+    with torch.no_grad():
+        c.weight.copy_(w)
+    mod, err = monochromatic_decompose(c, colors=2)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    assert err < 1e-20 and out_err(c, mod, x) < 1e-10
+    _, err1 = monochromatic_decompose(c, colors=1)
+    assert err1 > 1e-3

@@ -7,3 +7,6 @@ from .regularizer import GroupSparsityRegularizer
 
 __all__ = ["GroupMaskCallback", "GroupSparsityRegularizer", "GroupWiseSparsification",
            "GradualGroupSparsification", "FixedSparsityPatterns", "PATTERN_LIBRARY", "library_pattern"]
+from .decomposition import LowRankDecomposition  # noqa: E402
+
+__all__ += ["LowRankDecomposition"]
