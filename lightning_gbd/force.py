@@ -73,13 +73,15 @@ class ForceRegularization(Callback):
         kind: ``"l2"`` (eq. 4) or ``"l1"`` (eq. 5).
         layers: regex over module names; ``None`` = every conv except the first and the 1x1 ones.
         stop_step: no force from this global step on (``None``: always).
+        error: the PCA error e of the rank ratio logged each epoch (``force/rank_ratio/<layer>``).
     """
 
     def __init__(self, lam: float = 5e-5, kind: str = "l2", layers: str | None = None,
-                 repulsive: bool = False, stop_step: int | None = None) -> None:
+                 repulsive: bool = False, stop_step: int | None = None, error: float = 0.05) -> None:
         if kind not in ("l1", "l2"):
             raise ValueError(f"kind must be 'l1' or 'l2', got {kind!r}")
         self.lam, self.kind, self.layers, self.repulsive, self.stop_step = lam, kind, layers, repulsive, stop_step
+        self.error = error
         self.convs: dict[str, nn.Conv2d] = {}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -90,6 +92,13 @@ class ForceRegularization(Callback):
             self.convs = {n: m for n, m in pl_module.named_modules() if isinstance(m, nn.Conv2d) and rx.search(n)}
         if not self.convs:
             raise ValueError(f"ForceRegularization: no conv layer selected by {self.layers!r}")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        rows = rank_table(pl_module, self.error, self.convs)
+        metrics = {f"force/rank_ratio/{r['name']}": r["rank_ratio"] for r in rows}
+        metrics["force/avg_rank_ratio"] = sum(r["rank_ratio"] for r in rows) / len(rows)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:

@@ -1,0 +1,42 @@
+"""Run by test_faults.py: gradual GBD training that checkpoints every few steps; the test kills it
+with SIGKILL mid-epoch, then runs it again with --resume."""
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_gbd import GradualGroupSparsification  # noqa: E402
+from lightning_gbd.data import FashionMNISTDataModule  # noqa: E402
+from lightning_gbd.models import ImageClassifier  # noqa: E402
+from tests.conftest import LayoutNet  # noqa: E402
+
+
+class RecordStart(Callback):
+    """Writes the sparsity state the resumed run starts from."""
+
+    def __init__(self, gbd, out):
+        self.gbd, self.out = gbd, out
+
+    def on_train_start(self, trainer, pl_module):
+        torch.save({"state": self.gbd.state_dict(), "step": trainer.global_step}, self.out)
+
+
+def main(out: str, resume: bool) -> None:
+    torch.set_num_threads(1)
+    seed_everything(0)
+    gbd = GradualGroupSparsification(monitor="control_acc", lam=0.05, epsilon=0.3, patience=1000, delta=0.5)
+    mc = ModelCheckpoint(dirpath=out, save_last=True, every_n_train_steps=4, save_top_k=0)
+    dm = FashionMNISTDataModule(batch_size=16, control_size=128, limit_train=100000, limit_eval=128)
+    cbs = [gbd, mc] + ([RecordStart(gbd, Path(out) / "resumed_start.pt")] if resume else [])
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, callbacks=cbs, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, val_check_interval=4,
+                      limit_val_batches=1, num_sanity_val_steps=0, max_steps=40 if resume else -1)
+    ckpt = str(Path(out) / "last.ckpt") if resume else None
+    trainer.fit(ImageClassifier(LayoutNet(), lr=0.05), dm, ckpt_path=ckpt)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], len(sys.argv) > 2 and sys.argv[2] == "--resume")
