@@ -28,10 +28,10 @@ from lightning_gbd.models import ImageClassifier, LeNet5, SmallResNet  # noqa: E
 
 NETS = {
     # name: (constructor, lr, force lambda, dense epochs, arm epochs, layers to decompose)
-    "lenet": (LeNet5, 0.02, 2e-3, 3, 2, r"net\.conv[12]$"),
-    "resnet": (SmallResNet, 0.05, 5e-4, 3, 2, None),
+    "lenet": (LeNet5, 0.02, 3e-4, 3, 2, r"net\.conv[12]$"),
+    "resnet": (SmallResNet, 0.05, 1e-4, 3, 2, None),
 }
-ERRORS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3]
+ERRORS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
 
 
 def fit(model, dm, epochs: float, callbacks=()):
@@ -66,6 +66,7 @@ def run_net(name: str, dm, budget: float, finetune: float) -> dict:
         seed_everything(1)
         model = copy.deepcopy(base)
         fit(model, dm, arm_epochs, [ForceRegularization(lam=lam, kind="l2", layers=layers)] if arm == "force" else [])
+        print(f"[{name}/{arm}] after {arm_epochs} more epochs: control {accuracy(model, control):.4f}", flush=True)
         best = None
         for e in ERRORS:
             cand = copy.deepcopy(model)

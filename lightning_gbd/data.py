@@ -103,3 +103,52 @@ class FashionMNISTDataModule(LightningDataModule):
 
     def test_dataloader(self):
         return self._loader(self.holdout_set)
+
+
+class ImageFolderDataModule(LightningDataModule):
+    """An ImageNet-style folder (``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg``).
+
+    ``control_fraction`` of ``train`` (a seeded split) is the control set that drives the GBD
+    controller; ``val`` is the hold-out. Images are resized to ``image_size`` (shorter side
+    ``image_size * 8/7``, centre crop; random crop + flip for training)."""
+
+    def __init__(self, root: str | None = None, image_size: int = 224, batch_size: int = 64,
+                 control_fraction: float = 0.02, seed: int = 0, num_workers: int = 2) -> None:
+        super().__init__()
+        self.root, self.image_size, self.batch_size = root, image_size, batch_size
+        self.control_fraction, self.seed, self.num_workers = control_fraction, seed, num_workers
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        from torchvision import datasets, transforms as T
+
+        for split in ("train", "val"):
+            if self.root is None or not (Path(self.root) / split).is_dir():
+                raise FileNotFoundError(f"data path {self.root}/{split} not found: pass --data.init_args.root "
+                                        f"DIR with train/ and val/ ImageFolder trees")
+        self.root = Path(self.root)
+        norm = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        resize = int(round(self.image_size * 8 / 7))
+        evaluate = T.Compose([T.Resize(resize), T.CenterCrop(self.image_size), T.ToTensor(), norm])
+        train_tf = T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        full_train = datasets.ImageFolder(self.root / "train", train_tf)
+        full_eval = datasets.ImageFolder(self.root / "train", evaluate)
+        n = len(full_train)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        k = max(1, int(round(self.control_fraction * n)))
+        self.train_set = torch.utils.data.Subset(full_train, perm[k:])
+        self.control_set = torch.utils.data.Subset(full_eval, perm[:k])
+        self.holdout_set = datasets.ImageFolder(self.root / "val", evaluate)
+
+    def _loader(self, ds, sampler=None):
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, EpochSeededSampler(len(self.train_set), self.seed))
+
+    def val_dataloader(self):
+        return [self._loader(self.control_set), self._loader(self.holdout_set)]
+
+    def test_dataloader(self):
+        return self._loader(self.holdout_set)

@@ -96,3 +96,33 @@ class SmallResNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(x.mean((2, 3)))
+
+
+TORCHVISION_NETS = ("alexnet", "vgg11", "vgg16", "resnet18", "resnet50")
+
+
+class TorchvisionNet(nn.Module):
+    """A torchvision classification network, optionally with pretrained weights from a LOCAL file
+    (torchvision's ``weights=`` downloads, which cannot work offline)."""
+
+    def __init__(self, arch: str = "resnet18", weights_path: str | None = None, num_classes: int = 1000) -> None:
+        super().__init__()
+        import torchvision
+
+        if arch not in TORCHVISION_NETS:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(TORCHVISION_NETS)}")
+        self.model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+        if weights_path:
+            from pathlib import Path
+
+            if not Path(weights_path).is_file():
+                raise FileNotFoundError(f"weights file {weights_path} not found: pass a local .pth file with "
+                                        f"model.net.init_args.weights_path (nothing downloads here)")
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            if len(missing) == len(self.model.state_dict()):
+                raise ValueError(f"weights file {weights_path} holds no weights of a {arch}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

@@ -24,7 +24,7 @@ class RecordStart(Callback):
         torch.save({"state": self.gbd.state_dict(), "step": trainer.global_step}, self.out)
 
 
-def main(out: str, resume: bool) -> None:
+def main(out: str, resume: bool, max_steps: int = -1) -> None:
     torch.set_num_threads(1)
     seed_everything(0)
     gbd = GradualGroupSparsification(monitor="control_acc", lam=0.05, epsilon=0.3, patience=1000, delta=0.5)
@@ -33,10 +33,10 @@ def main(out: str, resume: bool) -> None:
     cbs = [gbd, mc] + ([RecordStart(gbd, Path(out) / "resumed_start.pt")] if resume else [])
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, callbacks=cbs, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, val_check_interval=4,
-                      limit_val_batches=1, num_sanity_val_steps=0, max_steps=40 if resume else -1)
+                      limit_val_batches=1, num_sanity_val_steps=0, max_steps=max_steps)
     ckpt = str(Path(out) / "last.ckpt") if resume else None
     trainer.fit(ImageClassifier(LayoutNet(), lr=0.05), dm, ckpt_path=ckpt)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], len(sys.argv) > 2 and sys.argv[2] == "--resume")
+    main(sys.argv[1], len(sys.argv) > 2 and sys.argv[2] == "--resume", int(sys.argv[3]) if len(sys.argv) > 3 else -1)

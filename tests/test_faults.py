@@ -36,7 +36,7 @@ def test_sigkill_mid_epoch_resumes_with_the_checkpointed_sparsity_state(tmp_path
     assert proc.returncode == -signal.SIGKILL
     saved = load_checkpoint(ckpt)
     saved_gbd = [v for k, v in saved["callbacks"].items() if "Gradual" in k][0]
-    r = subprocess.run(worker + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(worker + ["--resume", str(saved["global_step"] + 8)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     start = torch.load(tmp_path / "resumed_start.pt", weights_only=True)
     assert start["step"] == saved["global_step"] > 0

@@ -1,0 +1,296 @@
+"""Kernel library tests: the gather-GEMM conv (paper 000 section 3) and the dense GEMM against
+PyTorch, compiled for LLVM and run through tvm.runtime; CUDA kernels are built (not run) without
+a GPU and checked for shared memory / thread bindings."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import tvm
+
+from tvm_passes.kernels import (compile_kernel, conv2d_gather_gemm, conv_output_size, dense_gemm,
+                                gather_gemm_flops, lower_conv)
+
+LLVM = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2}
+CUDA = {"kind": "cuda", "arch": "sm_90"}
+TOL = 1e-4
+
+
+def gbd_weight(T, Cg, kh, kw, density, groups=1, seed=0, dead_maps=(), dead_groups=()):
+    """Random weight with GBD groups (s, i, j) zeroed at random (keep prob = density), input maps
+    in ``dead_maps`` fully zero, and conv groups in ``dead_groups`` with no surviving entry."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((T, Cg, kh, kw)).astype(np.float32)
+    Tg = T // groups
+    w = w.reshape(groups, Tg, Cg, kh, kw)
+    if density < 1.0:
+        keep = rng.random((groups, Cg, kh, kw)) < density
+        keep.reshape(-1)[rng.integers(keep.size)] = True
+        w = w * keep[:, None]
+    for c in dead_maps:
+        w[c // Cg, :, c % Cg] = 0
+    for g in dead_groups:
+        w[g] = 0
+    return np.ascontiguousarray(w.reshape(T, Cg, kh, kw))
+
+
+def ref_conv(x, w, b, stride, padding, dilation, groups, relu):
+    pt, pl, pb, pr = padding
+    xt = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
+    y = torch.nn.functional.conv2d(xt, torch.from_numpy(w), None if b is None else torch.from_numpy(b),
+                                   stride=stride, dilation=dilation, groups=groups)
+    return (y.relu() if relu else y).numpy()
+
+
+def run_llvm(func, inputs, out_shape):
+    lib = compile_kernel(func, LLVM)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
+    out = tvm.runtime.tensor(np.full(out_shape, np.nan, np.float32), dev)
+    lib(*args, out)
+    return out.numpy()
+
+
+def rel_err(out, ref):
+    return float(np.abs(out - ref).max() / max(float(np.abs(ref).max()), 1e-30))
+
+
+# (N, C, H, W, T, kh, kw, stride, padding(t,l,b,r), dilation, groups)
+CONV_CASES = {
+    "1x1": (1, 16, 7, 7, 24, 1, 1, 1, (0, 0, 0, 0), 1, 1),
+    "1x1_s2": (2, 8, 9, 9, 16, 1, 1, 2, (0, 0, 0, 0), 1, 1),
+    "3x3_same": (1, 16, 9, 9, 20, 3, 3, 1, (1, 1, 1, 1), 1, 1),
+    "3x3_valid_b8": (8, 6, 8, 10, 7, 3, 3, 1, (0, 0, 0, 0), 1, 1),
+    "3x3_s2_same": (2, 12, 11, 11, 16, 3, 3, 2, (1, 1, 1, 1), 1, 1),
+    "3x3_dil2": (1, 8, 12, 12, 8, 3, 3, 1, (2, 2, 2, 2), 2, 1),
+    "3x3_asym_s2_dil2": (2, 8, 13, 10, 9, 3, 3, 2, (1, 0, 2, 1), 2, 1),
+    "5x5_pad2": (2, 16, 13, 13, 24, 5, 5, 1, (2, 2, 2, 2), 1, 1),
+    "7x7_s2_pad3": (1, 3, 20, 20, 16, 7, 7, 2, (3, 3, 3, 3), 1, 1),
+    "1x7_same": (1, 8, 9, 9, 12, 1, 7, 1, (0, 3, 0, 3), 1, 1),
+    "3x3_groups2": (2, 8, 9, 9, 12, 3, 3, 1, (1, 1, 1, 1), 1, 2),
+    "3x3_depthwise": (1, 16, 9, 9, 16, 3, 3, 1, (1, 1, 1, 1), 1, 16),
+    "3x3_depthwise_s2": (8, 8, 10, 10, 8, 3, 3, 2, (1, 1, 1, 1), 1, 8),
+    "3x3_dw_mult2": (1, 8, 9, 9, 16, 3, 3, 1, (1, 1, 1, 1), 1, 8),
+    "5x5_groups2_asym": (1, 8, 10, 11, 6, 5, 5, 1, (2, 1, 1, 2), 1, 2),
+    # output rows of 16 / 14 / 8 pixels: row-aligned gather (no pixel table), also strided
+    "3x3_rows16_b8": (8, 4, 16, 16, 10, 3, 3, 1, (1, 1, 1, 1), 1, 1),
+    "3x3_rows15_s2": (1, 8, 30, 29, 16, 3, 3, 2, (1, 1, 1, 1), 1, 1),
+    "3x3_rows16_dil2": (2, 4, 16, 16, 8, 3, 3, 1, (2, 2, 2, 2), 2, 1),
+    "7x7_rows8_s2": (1, 3, 21, 21, 8, 7, 7, 2, (3, 3, 3, 3), 1, 1),
+    "7x7_to_1x1": (2, 8, 7, 7, 10, 7, 7, 1, (0, 0, 0, 0), 1, 1),
+    "3x3_s3_1px": (1, 4, 1, 1, 5, 3, 3, 3, (1, 1, 1, 1), 1, 1),
+}
+DENSITIES = [1.0, 0.5, 0.2, 0.05]
+
+
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv_llvm(case, density):
+    N, C, H, W, T, kh, kw, s, pad, d, g = CONV_CASES[case]
+    w = gbd_weight(T, C // g, kh, kw, density, groups=g, seed=zlib.crc32(case.encode()) % 1000)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    b = rng.standard_normal(T).astype(np.float32)
+    relu = density in (0.5, 0.05)
+    use_bias = density != 0.2
+    func, consts = conv2d_gather_gemm(x.shape, w, b if use_bias else None, stride=(s, s),
+                                      padding=pad, dilation=(d, d), groups=g, relu=relu,
+                                      target=LLVM)
+    assert isinstance(func, tvm.tirx.PrimFunc)
+    assert len(func.params) == 2 + len(consts)
+    ref = ref_conv(x, w, b if use_bias else None, s, pad, d, g, relu)
+    out = run_llvm(func, [x, *consts], ref.shape)
+    assert rel_err(out, ref) <= TOL
+
+
+def test_conv_dead_maps_and_dead_group():
+    # groups=2: group 1 has no surviving entry (output = bias), some maps of group 0 are dead.
+    N, C, H, W, T, g = 2, 8, 9, 9, 10, 2
+    w = gbd_weight(T, C // g, 3, 3, 0.6, groups=g, dead_maps=(0, 2), dead_groups=(1,))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    b = rng.standard_normal(T).astype(np.float32)
+    # poison the dead input maps: they must never be read (NaN would propagate otherwise)
+    x[:, [0, 2, 4, 5, 6, 7]] = np.nan
+    func, consts = conv2d_gather_gemm(x.shape, w, b, padding=(1, 1, 1, 1), groups=g, relu=True,
+                                      target=LLVM)
+    geom = lower_conv(x.shape, w, padding=(1, 1, 1, 1), groups=g)[0]
+    assert geom.L == 2 and geom.K_per_group[1] == 0
+    ref = ref_conv(np.nan_to_num(x, nan=0.0), w, b, 1, (1, 1, 1, 1), 1, g, True)
+    out = run_llvm(func, [x, *consts], ref.shape)
+    assert np.isfinite(out).all()
+    assert rel_err(out, ref) <= TOL
+    np.testing.assert_allclose(out[:, 5:], np.broadcast_to(np.maximum(b[5:], 0)[None, :, None, None],
+                                                           out[:, 5:].shape), rtol=0, atol=0)
+
+
+def test_conv_all_zero_weight():
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    b = np.arange(4, dtype=np.float32) - 1.5
+    func, consts = conv2d_gather_gemm(x.shape, w, b, target=LLVM)
+    out = run_llvm(func, [x, *consts], (1, 4, 4, 4))
+    np.testing.assert_array_equal(out, np.broadcast_to(b[None, :, None, None], out.shape))
+
+
+def test_conv_bigger_layer():
+    """A mid-size layer (several n-chunks, t-chunks and K > 1 cache block)."""
+    N, C, H, W, T = 2, 64, 15, 15, 70
+    w = gbd_weight(T, C, 5, 5, 0.3)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    b = rng.standard_normal(T).astype(np.float32)
+    func, consts = conv2d_gather_gemm(x.shape, w, b, padding=(2, 2, 2, 2), target=LLVM)
+    ref = ref_conv(x, w, b, 1, (2, 2, 2, 2), 1, 1, False)
+    assert rel_err(run_llvm(func, [x, *consts], ref.shape), ref) <= TOL
+
+
+@pytest.mark.parametrize("M,K,O", [(1, 64, 10), (8, 100, 37), (5, 300, 96), (16, 512, 130), (23, 70, 40)])
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
+def test_dense_llvm(M, K, O, bias, relu):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((O, K)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    func, consts = dense_gemm(x.shape, w, b if bias else None, relu=relu, target=LLVM)
+    ref = x @ w.T + (b if bias else 0)
+    if relu:
+        ref = np.maximum(ref, 0)
+    out = run_llvm(func, [x, *consts], (M, O))
+    assert rel_err(out, ref) <= TOL
+
+
+def test_row_aligned_mode_is_used():
+    w = gbd_weight(8, 4, 3, 3, 1.0)
+    assert lower_conv((1, 4, 16, 16), w, padding=(1, 1, 1, 1), row_align=(16, 8))[0].OWP == 16
+    assert lower_conv((1, 4, 7, 7), w, padding=(1, 1, 1, 1), row_align=(16, 8))[0].OWP == 8
+    assert lower_conv((1, 4, 11, 11), w, padding=(1, 1, 1, 1), row_align=(16, 8))[0].OWP == 0
+
+
+def test_relax_call_tir_two_kernels():
+    """The way the Relax passes use the library: several kernels in one module via call_tir."""
+    from tvm import relax
+    from tvm.script import relax as R
+
+    rng = np.random.default_rng(0)
+    w1 = gbd_weight(8, 3, 3, 3, 0.5)
+    b1 = rng.standard_normal(8).astype(np.float32)
+    w2 = rng.standard_normal((10, 8 * 6 * 6)).astype(np.float32)
+    f1, c1 = conv2d_gather_gemm((2, 3, 8, 8), w1, b1, relu=True, target=LLVM)
+    f2, c2 = dense_gemm((2, 288), w2, None, target=LLVM)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", R.Tensor((2, 3, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            g1 = bb.add_func(f1, "conv1")
+            g2 = bb.add_func(f2, "fc")
+            y = bb.emit(relax.call_tir(g1, [x] + [relax.const(c) for c in c1],
+                                       R.Tensor((2, 8, 6, 6), "float32")))
+            y = bb.emit(R.reshape(y, (2, 288)))
+            z = bb.emit(relax.call_tir(g2, [y] + [relax.const(c) for c in c2],
+                                       R.Tensor((2, 10), "float32")))
+            o = bb.emit_output(z)
+        bb.emit_func_output(o)
+    ex = tvm.compile(bb.get(), target=tvm.target.Target(LLVM))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    xn = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    out = vm["main"](tvm.runtime.tensor(xn)).numpy()
+    ref = ref_conv(xn, w1, b1, 1, (0, 0, 0, 0), 1, 1, True).reshape(2, -1) @ w2.T
+    assert rel_err(out, ref) <= TOL
+
+
+def test_flops_helper():
+    w = gbd_weight(8, 4, 3, 3, 1.0)
+    w[:, 0, 1, 1] = 0
+    assert gather_gemm_flops(w, (5, 5), batch=2) == 2 * 8 * 35 * 2 * 25
+    assert gather_gemm_flops(w, (5, 5), batch=2, dense=True) == 2 * 8 * 36 * 2 * 25
+    assert conv_output_size(27, 27, 5, 5, 1, (2, 2, 2, 2), 1) == (27, 27)
+
+
+# ---------------------------------------------------------------- CUDA
+CUDA_CASES = {
+    "3x3_same": (2, 16, 9, 9, 20, 3, 3, 1, (1, 1, 1, 1), 1, 1, 0.5),
+    "5x5_dense": (1, 8, 13, 13, 24, 5, 5, 1, (2, 2, 2, 2), 1, 1, 1.0),
+    "3x3_s2_dil2_asym": (2, 8, 13, 10, 9, 3, 3, 2, (1, 0, 2, 1), 2, 1, 0.2),
+    "depthwise": (1, 16, 9, 9, 16, 3, 3, 1, (1, 1, 1, 1), 1, 16, 1.0),
+    "1x1": (1, 16, 7, 7, 24, 1, 1, 1, (0, 0, 0, 0), 1, 1, 1.0),
+}
+
+
+def _cuda_source(lib):
+    mods = [lib.mod] + list(lib.mod.imports)
+    srcs = []
+    for m in mods:
+        try:
+            srcs.append(m.inspect_source())
+        except Exception:
+            pass
+        for sub in m.imports:
+            try:
+                srcs.append(sub.inspect_source())
+            except Exception:
+                pass
+    return "\n".join(srcs)
+
+
+def _cuda_conv(case):
+    N, C, H, W, T, kh, kw, s, pad, d, g, density = CUDA_CASES[case]
+    w = gbd_weight(T, C // g, kh, kw, density, groups=g)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    b = rng.standard_normal(T).astype(np.float32)
+    func, consts = conv2d_gather_gemm(x.shape, w, b, stride=(s, s), padding=pad, dilation=(d, d),
+                                      groups=g, relu=True, target=CUDA)
+    lib = compile_kernel(func, CUDA)
+    return lib, x, w, b, consts, (s, pad, d, g)
+
+
+@pytest.mark.parametrize("case", list(CUDA_CASES))
+def test_conv_cuda_builds(case):
+    lib = _cuda_conv(case)[0]
+    src = _cuda_source(lib)
+    assert "__global__" in src
+    assert "__shared__" in src
+    assert "threadIdx.x" in src and "blockIdx.x" in src
+
+
+def test_dense_cuda_builds():
+    w = np.random.default_rng(0).standard_normal((70, 96)).astype(np.float32)
+    func, consts = dense_gemm((5, 96), w, np.zeros(70, np.float32), relu=True, target=CUDA)
+    lib = compile_kernel(func, CUDA)
+    src = _cuda_source(lib)
+    assert "__global__" in src and "threadIdx.x" in src and "__shared__" in src
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(CUDA_CASES))
+def test_conv_cuda_numerics(case):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    lib, x, w, b, consts, (s, pad, d, g) = _cuda_conv(case)
+    ref = ref_conv(x, w, b, s, pad, d, g, True)
+    dev = tvm.cuda(0)
+    args = [tvm.runtime.tensor(a, dev) for a in [x, *consts]]
+    out = tvm.runtime.tensor(np.zeros(ref.shape, np.float32), dev)
+    lib(*args, out)
+    assert rel_err(out.numpy(), ref) <= TOL
+
+
+@pytest.mark.gpu
+def test_dense_cuda_numerics():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 96)).astype(np.float32)
+    w = rng.standard_normal((70, 96)).astype(np.float32)
+    b = rng.standard_normal(70).astype(np.float32)
+    func, consts = dense_gemm(x.shape, w, b, relu=True, target=CUDA)
+    lib = compile_kernel(func, CUDA)
+    dev = tvm.cuda(0)
+    args = [tvm.runtime.tensor(a, dev) for a in [x, *consts]]
+    out = tvm.runtime.tensor(np.zeros((5, 70), np.float32), dev)
+    lib(*args, out)
+    assert rel_err(out.numpy(), np.maximum(x @ w.T + b, 0)) <= TOL

@@ -1,0 +1,191 @@
+"""CPU (LLVM, AVX-512) schedules of the gather-GEMM conv and the linear layer
+(paper 000 section 3; formulas.md section 1 "Lowering").
+
+Conv: one parallel task per (image, conv group, n-chunk of NTC*32 pixels, t-chunk).  Per task and
+per reduction block of KC gather rows, the patch block P[KC, chunk] is gathered (row-aligned
+numbering: 16- or 8-lane contiguous copies; otherwise a table gather), then a 6 x 32 register
+tile (6 rows of the packed filter broadcast, 32 pixels = 2 zmm vectors) accumulates over the
+block, so a P stripe [KC, 32] stays in L1 while all filter rows stream past it.  The padded copy
+of the live input maps and the bias/ReLU epilogue are separate parallel vectorized passes.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from .lowering import ConvGeometry
+
+CONV_TI = 6  # filter rows per register tile (8 when T/groups is a multiple of 8)
+CONV_NV = 32  # output pixels per register tile (2 AVX-512 vectors)
+CONV_KC = 256  # reduction block
+DENSE_OI = 32  # output features per register tile (2 zmm vectors)
+CONV_ROW_ALIGN = (16, 8)  # output rows padded to 16 (else 8) pixels: one vector copy = one input run
+
+
+def lowering_params(Tg=None):
+    """Keyword arguments of lowering.lower_conv for the CPU kernels.  8 filter rows per register
+    tile (16 accumulators, cache-line aligned filter reads) when they divide the group's outputs,
+    else 6 (fewer when the group has fewer outputs, e.g. depthwise)."""
+    ti = 8 if Tg and Tg % 8 == 0 else (Tg if Tg and Tg < CONV_TI else CONV_TI)
+    return dict(TI=ti, NV=CONV_NV, kc_max=CONV_KC, row_align=CONV_ROW_ALIGN,
+                chunk_tiles=tuple(range(1, 10)), whole_rows=True)
+
+
+def _num_threads(target):
+    try:
+        n = int(target.attrs.get("num-cores", 0) or 0)
+    except Exception:  # pragma: no cover
+        n = 0
+    return n if n > 0 else 2
+
+
+def choose_t_split(geom: ConvGeometry, nthreads):
+    """Number of t-chunks per (image, group, n-chunk) so that the parallel tasks keep all
+    threads busy (batch 1, small maps); each t-chunk gathers its own patch panel."""
+    tasks0 = geom.N * geom.G * (geom.NP // (geom.NV * geom.NTC))
+    best, best_score = 1, -1.0
+    for tpo in range(1, 9):
+        if tpo > -(-geom.Tg // geom.TI):
+            break
+        tasks = tasks0 * tpo
+        eff = tasks / (-(-tasks // nthreads) * nthreads)
+        to = -(-(-(-geom.Tg // geom.TI)) // tpo) * tpo
+        waste = (-(-geom.Tg // geom.TI)) / to
+        score = eff * waste * (1.0 - 0.02 * (tpo - 1))
+        if score > best_score + 1e-9:
+            best, best_score = tpo, score
+    return best
+
+
+def dense_row_tile(M):
+    """Rows per register tile of the linear layer (<= 8, little padding)."""
+    if M <= 8:
+        return M
+    return min((6, 8, 7, 5, 4), key=lambda tm: (-(-M // tm) * tm - M, (6, 8, 7, 5, 4).index(tm)))
+
+
+def schedule_conv_cpu(func, geom: ConvGeometry, target, opts=None):
+    """Schedule the conv_te PrimFunc (blocks Dp, P, C, out) for a multi-core AVX-512 CPU."""
+    opts = dict(opts or {})
+    nthreads = _num_threads(target)
+    nt_per_chunk = geom.NTC
+    tpo = opts.get("tpo", choose_t_split(geom, nthreads))
+    if geom.TO % tpo:
+        tpo = 1
+    sch = s_tir.schedule.Schedule(func)
+
+    # GEMM
+    blk = sch.get_sblock("C")
+    if geom.NRP:
+        b, g, t, r, w, k = sch.get_loops(blk)
+        n = sch.fuse(r, w)
+    else:
+        b, g, t, n, k = sch.get_loops(blk)
+    tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
+    no, nt, nv = sch.split(n, [None, nt_per_chunk, geom.NV])
+    ko, ki = sch.split(k, [None, geom.KC])
+    order = opts.get("order", "kb")
+    if order == "kb":  # k-blocked: P stripe [KC, NV] stays in L1 across all t tiles
+        sch.reorder(b, g, no, tp, ko, nt, to, ki, ti, nv)
+    elif order == "kt":  # k-blocked: filter block [TI, KC] stays in L1 across all n tiles
+        sch.reorder(b, g, no, tp, ko, to, nt, ki, ti, nv)
+    else:
+        sch.reorder(b, g, no, tp, to, nt, ko, ki, ti, nv)
+    par = sch.fuse(b, g, no, tp)
+    sch.parallel(par)
+    fused_epi = bool(geom.NRP) and order in ("kb", "kt") and opts.get("fuse_epilogue", True)
+    if not fused_epi:
+        acc = sch.cache_write(blk, 0, "local")
+        if order in ("kb", "kt"):
+            sch.reverse_compute_at(acc, par)
+        else:
+            sch.reverse_compute_at(acc, nt)
+    sch.unroll(ti)
+    vl = opts.get("vl", 16)
+    if vl and geom.NV > vl:
+        nvo, nv = sch.split(nv, [None, vl])
+        sch.unroll(nvo)
+        if opts.get("nvo_outer", False):
+            sch.reorder(nvo, ti)
+    sch.vectorize(nv)
+    init = sch.decompose_reduction(blk, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if not fused_epi:
+        sch.vectorize(sch.get_loops(acc)[-1])
+
+    # gather the patch panel once per parallel task (per k block when k-blocked)
+    pblk = sch.get_sblock("P")
+    sch.compute_at(pblk, ko if order in ("kb", "kt") else par)
+    if geom.OWP:
+        pk, pn = sch.get_loops(pblk)[-2:]
+        _, pv = sch.split(pn, [None, geom.ROWV])
+        sch.vectorize(pv)
+
+    # padded copy of live maps: iterate (b, l, h, w) instead of the flat index (no divisions)
+    dblk = sch.get_sblock("Dp")
+    HW = geom.Hp * geom.Wp
+    sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
+    db, dl, dh, dw = sch.get_loops(dblk)
+    sch.parallel(sch.fuse(db, dl))
+
+    # epilogue (bias, ReLU, drop padded rows / pixels)
+    eblk = sch.get_sblock("out")
+    if fused_epi:
+        # per chunk, right after its GEMM, while C is still in cache
+        Tg = geom.Tg
+        sch.transform_block_layout(eblk, lambda b, c, oh, ow: (b, c // Tg, c % Tg, oh, ow))
+        sch.reverse_compute_at(eblk, par)
+        ew = sch.get_loops(eblk)[-1]
+        for vw in (16, 8, 4):
+            if geom.OW % vw == 0:
+                _, ev = sch.split(ew, [None, vw])
+                sch.vectorize(ev)
+                break
+        return sch.mod["main"]
+    eb, ec, eh, ew = sch.get_loops(eblk)
+    sch.parallel(sch.fuse(eb, ec))
+    if geom.OWP == 0:
+        ew = sch.fuse(eh, ew)
+    ext = geom.OH * geom.OW if geom.OWP == 0 else geom.OW
+    for vw in (16, 8, 4):
+        if ext % vw == 0:
+            _, ev = sch.split(ew, [None, vw])
+            sch.vectorize(ev)
+            break
+    return sch.mod["main"]
+
+
+def schedule_dense_cpu(func, M, K, O, OI, TM, target, KC=256):
+    """Linear layer: parallel over 32-wide output panels; per panel the reduction is blocked by
+    KC so the packed weight block [KC, OI] stays in L1 across all row tiles (TM x OI registers).
+    With few panels the row tiles are run in parallel too."""
+    nthreads = _num_threads(target)
+    sch = s_tir.schedule.Schedule(func)
+    blk = sch.get_sblock("C")
+    m, o, k = sch.get_loops(blk)
+    MP = -(-M // TM) * TM
+    mo, mi = sch.split(m, [MP // TM, TM])
+    oo, oi = sch.split(o, [None, OI])
+    nkb = -(-K // KC)
+    ko, ki = sch.split(k, [nkb, -(-K // nkb)]) if K % nkb == 0 else sch.split(k, [1, K])
+    OO = -(-O // OI)
+    if OO >= 2 * nthreads or MP // TM == 1:
+        sch.reorder(oo, ko, mo, ki, mi, oi)
+        par = oo
+    else:
+        sch.reorder(oo, mo, ko, ki, mi, oi)
+        par = sch.fuse(oo, mo)
+    sch.parallel(par)
+    acc = sch.cache_write(blk, 0, "local")
+    sch.reverse_compute_at(acc, par)
+    sch.unroll(mi)
+    oio, oii = sch.split(oi, [None, 16])
+    sch.unroll(oio)
+    sch.vectorize(oii)
+    init = sch.decompose_reduction(blk, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.get_loops(acc)[-1])
+    eblk = sch.get_sblock("out")
+    em, eo = sch.get_loops(eblk)
+    sch.parallel(em)
+    return sch.mod["main"]

@@ -1,0 +1,116 @@
+"""Public entry points of the kernel library: the GBD gather-GEMM conv (paper 000, section 3;
+formulas.md section 1 "Lowering") and a dense linear layer, as scheduled TIR PrimFuncs plus the
+numpy constants their extra parameters take."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+
+from . import cpu, cuda
+from .lowering import lower_conv
+from .te_defs import conv_te, dense_te
+
+
+def _as_target(target):
+    if isinstance(target, tvm.target.Target):
+        return target
+    return tvm.target.Target(target)
+
+
+def _is_gpu(target):
+    return target.kind.name in ("cuda", "rocm", "vulkan", "metal", "opencl", "webgpu")
+
+
+def _finish(func, target):
+    # No global_symbol: the Relax build names the kernel after its GlobalVar (several kernels
+    # called "main" would clash).  Stand-alone use: compile_kernel().
+    func = func.without_attr("global_symbol")
+    func = func.with_attr("tir.is_scheduled", True)
+    func = func.with_attr("tir.noalias", True)
+    return func
+
+
+def compile_kernel(func, target):
+    """Compile one kernel from this library on its own (tests, benchmarks); the result is
+    callable as ``lib(*inputs, out)`` / ``lib["main"]``."""
+    target = _as_target(target)
+    return tvm.compile(func.with_attr("global_symbol", "main"), target=target)
+
+
+def conv2d_gather_gemm(data_shape, weight, bias=None, *, stride=(1, 1), padding=(0, 0, 0, 0),
+                       dilation=(1, 1), groups=1, relu=False, target):
+    """NCHW float32 conv2d lowered to gather + GEMM over the surviving GBD groups (paper 000 s.3).
+
+    weight: numpy (T, C//groups, kh, kw), all-zero groups W[t in group, s, i, j] are skipped.
+    padding: (top, left, bottom, right).  Returns (PrimFunc, consts); the PrimFunc's params are
+    (data[N,C,H,W], *consts, out[N,T,OH,OW]); consts = [F packed [G,TO,KP,TI] float32,
+    live-map table int32, gather offset table int32, (pixel base table int32, only when output
+    rows are not padded: geom.OWP == 0), (bias [T])].
+    Bias and ReLU are fused into the epilogue; dead input maps are never read.  The PrimFunc
+    carries tir.is_scheduled and no global_symbol (call it through R.call_tir, or compile it on
+    its own with compile_kernel).  target: llvm (AVX-512 schedule) or cuda (shared-memory tiles).
+    """
+    target = _as_target(target)
+    gpu = _is_gpu(target)
+    weight = np.asarray(weight, dtype=np.float32)
+    if gpu:
+        lw = dict(TI=cuda.CONV_TI, NV=cuda.CONV_NV, k_align=cuda.KC)
+    else:
+        lw = cpu.lowering_params(weight.shape[0] // groups)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw)
+    if not gpu:
+        tpo = cpu.choose_t_split(geom, cpu._num_threads(target))
+        if geom.TO % tpo:  # pad the filter rows so the t-chunks divide evenly
+            geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw,
+                                                  to_multiple=tpo)
+    consts = [F, live, off] + ([] if geom.OWP else [base])
+    if bias is not None:
+        b = np.asarray(bias, dtype=np.float32).reshape(-1)
+        if b.shape[0] != geom.T:
+            raise ValueError(f"bias has {b.shape[0]} entries, expected {geom.T}")
+        consts.append(np.ascontiguousarray(b))
+    func = conv_te(geom, bias is not None, relu)
+    if gpu:
+        func = cuda.schedule_conv_cuda(func, geom, target)
+    else:
+        func = cpu.schedule_conv_cpu(func, geom, target)
+    return _finish(func, target), consts
+
+
+def pack_dense_weight(weight, OI):
+    """(O, K) -> [ceil(O/OI), K, OI], zero padded: the micro-kernel reads it contiguously."""
+    O, K = weight.shape
+    OO = -(-O // OI)
+    wp = np.zeros((OO * OI, K), dtype=np.float32)
+    wp[:O] = weight
+    return np.ascontiguousarray(wp.reshape(OO, OI, K).transpose(0, 2, 1))
+
+
+def dense_gemm(in_shape, weight, bias=None, *, relu=False, target):
+    """Linear layer y = x @ weight.T (+ bias, ReLU) with x (M, K), weight numpy (O, K).
+
+    Returns (PrimFunc, consts): params (x[M,K], *consts, y[M,O]); consts = [weight packed
+    [ceil(O/OI), K, OI] float32, (bias [O])].  Same GEMM micro-kernel as the conv (paper 000 s.3);
+    same PrimFunc conventions as conv2d_gather_gemm.
+    """
+    target = _as_target(target)
+    gpu = _is_gpu(target)
+    weight = np.asarray(weight, dtype=np.float32)
+    M, K = (int(x) for x in in_shape)
+    O, K2 = weight.shape
+    if K2 != K:
+        raise ValueError(f"weight {weight.shape} does not match input {in_shape}")
+    OI = cuda.DENSE_OI if gpu else cpu.DENSE_OI
+    consts = [pack_dense_weight(weight, OI)]
+    if bias is not None:
+        consts.append(np.ascontiguousarray(np.asarray(bias, dtype=np.float32).reshape(-1)))
+    TM = cpu.dense_row_tile(M)
+    MP = M if gpu else -(-M // TM) * TM
+    func = dense_te(M, K, O, OI, bias is not None, relu, MP=MP)
+    if gpu:
+        func = cuda.schedule_dense_cuda(func, M, K, O, OI, target)
+    else:
+        func = cpu.schedule_dense_cpu(func, M, K, O, OI, TM, target)
+    return _finish(func, target), consts

@@ -1,0 +1,235 @@
+"""Numpy side of the GBD lowering (paper 000, section 3; formulas.md section 1 "Lowering").
+
+Turns a (possibly group-sparse) conv weight into the constants the gather-GEMM kernels read:
+the compact filter matrix F (T x sum_s |Omega_s| per conv group, pre-packed), the int32 offset
+tables of the gather, and the geometry of the problem.  Everything here is shape bookkeeping;
+the kernels themselves live in ``cpu.py`` / ``cuda.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _pair(v):
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(x) for x in v)
+    return v if len(v) == 2 else (v[0], v[0])
+
+
+def _pad4(p):
+    if isinstance(p, int):
+        return (p, p, p, p)
+    p = tuple(int(x) for x in p)
+    if len(p) == 2:  # (h, w)
+        return (p[0], p[1], p[0], p[1])
+    if len(p) == 4:  # (top, left, bottom, right)
+        return p
+    raise ValueError(f"padding must be an int, (h, w) or (top, left, bottom, right), got {p}")
+
+
+def _round_up(x, m):
+    return (x + m - 1) // m * m
+
+
+@dataclass
+class ConvGeometry:
+    """All sizes of one lowered conv (paper 000 section 3)."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    T: int  # output channels
+    G: int  # conv groups
+    Cg: int  # input channels per group
+    Tg: int  # output channels per group
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    OH: int
+    OW: int
+    Hp: int  # padded input height actually stored
+    Wp: int
+    L: int  # live input channels (non-empty Omega_s), the padded copy holds L + 1 maps
+    KP: int  # gather rows per group (max_g sum_{s in g} |Omega_s|, >= 1)
+    KC: int  # reduction block (KP is a multiple of KC)
+    K_per_group: tuple  # true sum_s |Omega_s| per group
+    TI: int  # inner t block of the packed filter
+    TO: int  # outer t blocks (TO * TI >= Tg)
+    NV: int  # n tile (columns handled by one micro-kernel / thread tile)
+    NP: int  # padded number of output pixels per image (multiple of NV * NTC)
+    OWP: int  # padded output row length (row-aligned numbering) or 0 (flat numbering)
+    ROWV: int  # vector length of the row copies in the gather (OWP % ROWV == 0)
+    NTC: int  # n tiles per parallel chunk
+    NRP: int  # > 0: chunks are whole output rows, C is [N, G, TO*TI, NRP, OWP] (padded rows)
+    DPLEN: int  # length of the flat padded input per image (>= (L + 1) * Hp * Wp)
+
+    @property
+    def NN(self):
+        return self.OH * (self.OWP or self.OW)
+
+    @property
+    def density(self):
+        return sum(self.K_per_group) / float(self.C * self.kh * self.kw)
+
+
+def conv_output_size(H, W, kh, kw, stride, padding, dilation):
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    pt, pl, pb, pr = _pad4(padding)
+    OH = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    return OH, OW
+
+
+def surviving_groups(weight, groups):
+    """Boolean mask [C, kh, kw]: True where the GBD group Gamma_{ijs} (all t of s's conv group)
+    has a nonzero entry, i.e. (i, j) in Omega_s.  weight: (T, C/groups, kh, kw)."""
+    T, Cg, kh, kw = weight.shape
+    Tg = T // groups
+    w = np.asarray(weight).reshape(groups, Tg, Cg, kh, kw)
+    nz = np.any(w != 0, axis=1)  # [G, Cg, kh, kw]
+    return nz.reshape(groups * Cg, kh, kw)
+
+
+def gather_gemm_flops(weight, out_hw, batch=1, groups=1, dense=False):
+    """Multiply-add FLOPs (2 per MAC) of the lowered conv: 2 * T/g-rows * sum_s|Omega_s| * N*OH*OW.
+    ``dense=True`` gives the dense conv count for the same shape."""
+    weight = np.asarray(weight)
+    T, Cg, kh, kw = weight.shape
+    OH, OW = out_hw
+    if dense:
+        k = Cg * kh * kw * groups
+    else:
+        k = int(surviving_groups(weight, groups).sum())
+    return 2.0 * (T // groups) * k * batch * OH * OW
+
+
+def lower_conv(data_shape, weight, *, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
+               groups=1, TI=6, NV=32, kc_max=None, k_align=1, row_align=0, max_row_waste=1.2,
+               chunk_tiles=(1,), to_multiple=1, whole_rows=False):
+    """Build geometry + numpy constants of the gather-GEMM lowering.
+
+    Returns (geom, F, live, off, base):
+      F    float32 [G, TO, KP, TI]  packed compact filter, F[g, to, k, ti] = W[g*Tg + to*TI+ti, k-th
+                                    surviving (s, i, j) of group g]; zero in padded rows / columns.
+      live int32   [L + 1]          global input channel of each stored (padded) map; the last map
+                                    is an all-zero map that padded gather rows point to.
+      off  int32   [G, KP]          offset of gather row k in the flat padded per-image input
+                                    (l * Hp*Wp + i*dh*Wp + j*dw).
+      base int32   [NP]             offset of output pixel n: (n // OW)*sh*Wp + (n % OW)*sw
+                                    (0 for padded pixels n >= OH*OW, results discarded); the
+                                    kernels use it only in flat mode (geom.OWP == 0).
+    Only live maps (non-empty Omega_s) are copied, so dead input maps are never read.
+    The other keywords are layout choices of the schedules (cpu.lowering_params()).
+    """
+    N, C, H, W = (int(x) for x in data_shape)
+    weight = np.asarray(weight, dtype=np.float32)
+    T, Cg, kh, kw = weight.shape
+    G = int(groups)
+    if C != Cg * G or T % G:
+        raise ValueError(f"bad conv: data C={C}, weight {weight.shape}, groups={G}")
+    Tg = T // G
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    pt, pl, pb, pr = _pad4(padding)
+    OH, OW = conv_output_size(H, W, kh, kw, (sh, sw), (pt, pl, pb, pr), (dh, dw))
+    if OH <= 0 or OW <= 0:
+        raise ValueError("empty conv output")
+    # rows / cols of the padded input that are ever read
+    Hp = max((OH - 1) * sh + (kh - 1) * dh + 1, 1)
+    Wp = max((OW - 1) * sw + (kw - 1) * dw + 1, 1)
+
+    mask = surviving_groups(weight, G)  # [C, kh, kw]
+    live_ch = [c for c in range(C) if mask[c].any()]
+    L = len(live_ch)
+    lidx = {c: i for i, c in enumerate(live_ch)}
+    HW = Hp * Wp
+
+    entries = []  # per group: list of (local s, i, j)
+    for g in range(G):
+        e = []
+        for s in range(Cg):
+            c = g * Cg + s
+            if c not in lidx:
+                continue
+            for i in range(kh):
+                for j in range(kw):
+                    if mask[c, i, j]:
+                        e.append((s, i, j))
+        entries.append(e)
+    K_per_group = tuple(len(e) for e in entries)
+    KP = max(max(K_per_group), 1)
+    # reduction blocking: KP = nkb * KC (padded rows read the zero map with zero weights)
+    nkb = 1 if not kc_max else -(-KP // kc_max)
+    KC = _round_up(-(-KP // nkb), k_align)
+    KP = nkb * KC
+
+    TO = _round_up((Tg + TI - 1) // TI, to_multiple)
+    F = np.zeros((G, TO * TI, KP), dtype=np.float32)
+    off = np.full((G, KP), L * HW, dtype=np.int32)  # padded rows -> the zero map
+    wg = weight.reshape(G, Tg, Cg, kh, kw)
+    for g, e in enumerate(entries):
+        if not e:
+            continue
+        s, i, j = (np.array(x) for x in zip(*e))
+        F[g, :Tg, : len(e)] = wg[g][:, s, i, j]
+        l = np.array([lidx[g * Cg + x] for x in s])
+        off[g, : len(e)] = l * HW + i * dh * Wp + j * dw
+    F = np.ascontiguousarray(F.reshape(G, TO, TI, KP).transpose(0, 1, 3, 2))
+
+    # Output pixel numbering n.  Row-aligned mode (OWP > 0): n = oh * OWP + ow with rows padded
+    # to a multiple of row_align, so a vector of row_align pixels is one contiguous input run
+    # and the gather needs no table.  Flat mode (OWP = 0): n = oh * OW + ow through base[n].
+    OWP = ROWV = 0
+    for ra in (row_align if isinstance(row_align, (tuple, list)) else (row_align,)):
+        if ra and _round_up(OW, ra) <= max_row_waste * OW:
+            OWP, ROWV = _round_up(OW, ra), ra
+            break
+    NN = OH * (OWP or OW)
+    nvt = -(-NN // NV)
+    # n-chunk (tiles per parallel task): trade padding against the per-chunk overhead
+    NTC = min(chunk_tiles, key=lambda c: (_round_up(nvt, c) / nvt * (1 + 0.5 / c), -c))
+    NP = _round_up(nvt, NTC) * NV
+    NRP = 0
+    if OWP and whole_rows:
+        # chunks of whole output rows (the epilogue can then run per chunk): NTC * NV = R * OWP
+        unit = math.lcm(OWP, NV) // NV
+        if unit <= max(chunk_tiles):
+            cands = [unit * m for m in range(1, max(chunk_tiles) // unit + 1)]
+
+            def cost(c):
+                rows = c * NV // OWP
+                return (_round_up(OH, rows) / OH * (1 + 0.5 / c), -c)
+
+            NTC = min(cands, key=cost)
+            NRP = _round_up(OH, NTC * NV // OWP)
+            NP = NRP * OWP
+    n = np.arange(NP)
+    if OWP:
+        base = (n // OWP) * sh * Wp + (n % OWP) * sw
+    else:
+        base = np.where(n < NN, (n // OW) * sh * Wp + (n % OW) * sw, 0)
+    base = base.astype(np.int64)
+    live = np.array(live_ch + [0], dtype=np.int32)
+    DPLEN = _round_up(max((L + 1) * HW, int(off.max()) + int(base.max()) + 1), HW)
+    assert DPLEN < 2**31, "input too large for int32 offsets"
+    base = base.astype(np.int32)
+
+    geom = ConvGeometry(N=N, C=C, H=H, W=W, T=T, G=G, Cg=Cg, Tg=Tg, kh=kh, kw=kw, sh=sh, sw=sw,
+                        dh=dh, dw=dw, pt=pt, pl=pl, pb=pb, pr=pr, OH=OH, OW=OW, Hp=Hp, Wp=Wp,
+                        L=L, KP=KP, KC=KC, K_per_group=K_per_group, TI=TI, TO=TO, NV=NV, NP=NP,
+                        OWP=OWP, ROWV=ROWV, NTC=NTC, NRP=NRP, DPLEN=DPLEN)
+    return geom, F, live, off, base
