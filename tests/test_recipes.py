@@ -1,11 +1,13 @@
 """Every recipe parses with LightningCLI and trains a few steps on tiny real data (Fashion-MNIST
 images written as an ImageFolder tree for the ImageNet recipes), so no recipe can rot."""
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from lightning_gbd.cli import main as gbd_main
@@ -38,8 +40,18 @@ def test_there_are_recipes():
         assert any(n.startswith(net) for n in names), net
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_recipe_trains_a_few_steps(recipe, tmp_path, tiny_imagefolder, capsys):
+EXPORT_BY_DEFAULT = {"lenet5_fmnist_gradual", "resnet8_fmnist_groupwise", "resnet18_force_pca_then_gradual"}
+
+
+def _params():
+    for p in RECIPES:
+        yield pytest.param(p, p.stem in EXPORT_BY_DEFAULT, id=p.stem)
+        if p.stem not in EXPORT_BY_DEFAULT:  # the export of the big ImageNet nets takes a while
+            yield pytest.param(p, True, id=f"{p.stem}+export", marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("recipe,export", _params())
+def test_recipe_trains_a_few_steps(recipe, export, tmp_path, tiny_imagefolder):
     args = ["fit", "--config", str(recipe), *FAST, "--trainer.default_root_dir", str(tmp_path)]
     if "fmnist" in recipe.stem:
         args += ["--data.init_args.limit_train", "256", "--data.init_args.limit_eval", "128"]
@@ -48,7 +60,23 @@ def test_recipe_trains_a_few_steps(recipe, tmp_path, tiny_imagefolder, capsys):
                  "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
                  "--model.net.init_args.num_classes", "2"]
     assert gbd_main(args) == 0
-    assert list(tmp_path.rglob("*.ckpt")), "the recipe wrote no checkpoint"
+    ckpts = list(tmp_path.rglob("last.ckpt"))
+    assert ckpts, "the recipe wrote no checkpoint"
+    if not export:
+        return
+    from tvm_passes.cli import main as export_main
+    shape = "4,1,28,28" if "fmnist" in recipe.stem else "1,3,64,64"
+    cfg = tmp_path / "recipe.yaml"  # the recipe as run (with the test's overrides)
+    conf = yaml.safe_load(recipe.read_text())
+    extra = []
+    if "fmnist" not in recipe.stem:  # the tiny ImageFolder run built the network with 2 classes
+        conf["model"]["net"]["init_args"]["num_classes"] = 2
+        extra = ["--input-shape", shape]
+    cfg.write_text(yaml.safe_dump(conf))
+    out = tmp_path / "export"
+    assert export_main([str(ckpts[0]), "--config", str(cfg), "--out", str(out), "-q", *extra]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert json.loads((out / "verification.json").read_text())["passed"] and manifest["convs"]
 
 
 def run_gbd(*args):

@@ -26,7 +26,8 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="gbd-export", description="Compile a group-sparse (GBD) PyTorch model with TVM into --out DIR."
     )
-    p.add_argument("model", help="model file: a torch.export .pt2")
+    p.add_argument("model", help="model file: a torch.export .pt2, or a Lightning .ckpt with --config")
+    p.add_argument("--config", default=None, help="the recipe (LightningCLI YAML) that trained the .ckpt")
     p.add_argument("--target", choices=["llvm", "cuda"], default="llvm")
     p.add_argument("--out", required=True, help="output directory (model.so, manifest.json, verification.json)")
     p.add_argument("--input-shape", type=_shape, default=None, help="N,C,H,W (default: the .pt2 example input)")
@@ -43,12 +44,38 @@ def _one_line(exc) -> str:
     return text[:400] if text else type(exc).__name__
 
 
+def _from_checkpoint(args):
+    """A Lightning checkpoint + its recipe -> the network, exported at the recipe's input shape."""
+    from .importer import ExportError  # noqa: PLC0415
+
+    if args.config is None:
+        raise ExportError(f"{args.model}: a Lightning checkpoint needs --config RECIPE.yaml (the recipe that trained it)")
+    import torch  # noqa: PLC0415
+
+    from lightning_gbd.recipe_model import model_from_recipe  # noqa: PLC0415
+
+    try:
+        net, export = model_from_recipe(args.config, args.model)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ExportError(str(exc)) from None
+    shape = args.input_shape or (tuple(export["input_shape"]) if export.get("input_shape") else None)
+    if shape is None:
+        raise ExportError(f"{args.config}: no export.input_shape in the recipe: pass --input-shape N,C,H,W")
+    args.input_shape = None
+    with torch.no_grad():
+        ep = torch.export.export(net, (torch.randn(*shape),))
+    return ep, args
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .importer import ExportError, load_exported_program  # noqa: PLC0415
 
     try:
-        ep = load_exported_program(args.model)
+        if args.config is not None or args.model.endswith(".ckpt"):
+            ep, args = _from_checkpoint(args)
+        else:
+            ep = load_exported_program(args.model)
         from .build import export_model  # noqa: PLC0415
 
         with warnings.catch_warnings():
