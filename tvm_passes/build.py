@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from .importer import ExportError, import_program, specialize
+from .importer import ExportError, check_finite, import_program, specialize
 
 LIB_NAME = "model.so"
 MANIFEST = "manifest.json"
@@ -83,8 +83,12 @@ def _backend_pipeline(target):
     return importlib.import_module(f"tvm.relax.backend.{name}.pipeline")
 
 
-def lower(ep, target, *, sparse=True, tune_trials=0, tune_db=None, log=None):
-    """Relax + TIR module ready for ``tvm.compile`` and the per-layer records."""
+def lower(ep, target, *, sparse=True, tune_trials=0, tune_db=None, log=None, decompose_error=None,
+          lowrank_records=None):
+    """Relax + TIR module ready for ``tvm.compile`` and the per-layer records.
+
+    With ``decompose_error`` e, convs whose weight has PCA rank K at error e with fewer FLOPs are
+    decomposed first (``lowrank_conv.LowRankConv``; records appended to ``lowrank_records``)."""
     import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
 
@@ -97,6 +101,10 @@ def lower(ep, target, *, sparse=True, tune_trials=0, tune_db=None, log=None):
     dead_records: dict = {}
     if sparse:
         mod = DeadChannels(names=imp.names, records=dead_records)(mod)
+    if decompose_error is not None:
+        from .lowrank_conv import LowRankConv  # noqa: PLC0415
+
+        mod = LowRankConv(decompose_error, names=imp.names, records=lowrank_records)(mod)
     records: list = []
     mod = GroupSparseConv(target, sparse=sparse, names=imp.names, records=records)(mod)
     with target:
@@ -304,6 +312,7 @@ def export_model(
     input_shape=None,
     log=None,
     verify=None,
+    decompose_error=None,
 ):
     """Compile ``model`` (an ``nn.Module`` or ``ExportedProgram``) into ``out_dir``.
 
@@ -332,9 +341,12 @@ def export_model(
     if input_shape is not None and tuple(input_shape) != tuple(example_input.shape):
         example_input = torch.randn(*input_shape, dtype=example_input.dtype)
     ep = specialize(model, example_input)
+    check_finite(ep)
     shape = tuple(int(v) for v in example_input.shape)
 
-    mod, records, imp, tuning = lower(ep, tgt, sparse=sparse, tune_trials=tune_trials, tune_db=tune_db, log=log)
+    lowrank: list = []
+    mod, records, imp, tuning = lower(ep, tgt, sparse=sparse, tune_trials=tune_trials, tune_db=tune_db, log=log,
+                                      decompose_error=decompose_error, lowrank_records=lowrank)
     ex = compile_module(mod, tgt)
     os.makedirs(out_dir, exist_ok=True)
     lib_path = os.path.join(out_dir, LIB_NAME)
@@ -359,6 +371,7 @@ def export_model(
         "output": out_info,
         "convs": convs,
         "linears": linears,
+        "decomposed": lowrank,
         "totals": {
             "convs": len(convs),
             "gather_gemm": sum(1 for r in convs if r["decision"] == "gather-gemm"),

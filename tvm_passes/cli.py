@@ -34,6 +34,8 @@ def build_parser():
     p.add_argument("--tune-trials", type=int, default=0, help="meta_schedule trials (0: hand/generic schedules)")
     p.add_argument("--tune-db", default=None, help="persistent tuning database dir (default ~/.cache/lightning_gbd/tune_db)")
     p.add_argument("--dense", action="store_true", help="force every conv to the dense kernel path")
+    p.add_argument("--decompose-error", type=float, default=None, metavar="E",
+                   help="decompose convs whose PCA rank at error E lowers FLOPs (basis conv + 1x1; paper 002)")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
                 tune_db=args.tune_db,
                 do_verify=not args.no_verify,
                 input_shape=args.input_shape,
+                decompose_error=args.decompose_error,
             )
     except ExportError as exc:
         print(f"gbd-export: error: {_one_line(exc)}", file=sys.stderr)
