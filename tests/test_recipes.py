@@ -62,6 +62,12 @@ def test_recipe_trains_a_few_steps(recipe, export, tmp_path, tiny_imagefolder):
     assert gbd_main(args) == 0
     ckpts = list(tmp_path.rglob("last.ckpt"))
     assert ckpts, "the recipe wrote no checkpoint"
+    if "fmnist" in recipe.stem:  # `gbd report RUN_DIR` rebuilds the table and plots from the checkpoint
+        for f in ("sparsity.json", "patterns.png"):
+            (tmp_path / f).unlink(missing_ok=True)
+        assert gbd_main(["report", str(tmp_path)]) == 0
+        report = json.loads((tmp_path / "sparsity.json").read_text())
+        assert report["layers"] and (tmp_path / "patterns.png").stat().st_size > 1000
     if not export:
         return
     from tvm_passes.cli import main as export_main
