@@ -1,0 +1,148 @@
+"""Shared helpers of the speed benchmarks (conv_speed.py, model_speed.py): environment set-up
+(threads, TVM thread binding), the CPU target, random GBD patterns, and interleaved timing.
+
+Timing protocol (the machine is a shared 2-core VM, so absolute times drift with the load):
+all variants of one case are timed *round-robin* in one process -- round r runs variant A, then
+B, then C, ... -- and each variant's reported time is the **median** over rounds of the mean of
+``inner`` back-to-back calls.  ``inner`` is calibrated so that one sample takes ~``sample_ms``;
+the number of rounds shrinks for slow cases so that one case stays within ``budget_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def setup_env(threads=2):
+    """Must run before tvm / torch are imported: TVM_NUM_THREADS and TVM_BIND_THREADS=0 (on these
+    2-core VMs TVM's default binding pins both pool threads to one core)."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ["TVM_BIND_THREADS"] = "0"
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+
+
+def target(threads=2):
+    """The same LLVM target export_model("llvm") builds for (host CPU, num-cores)."""
+    from tvm_passes.build import make_target  # noqa: PLC0415
+
+    import tvm  # noqa: PLC0415
+
+    t = make_target("llvm")
+    spec = {k: (int(v) if k == "num-cores" else str(v)) for k, v in
+            ((k, t.attrs.get(k)) for k in ("mtriple", "mcpu", "num-cores")) if v is not None}
+    spec["num-cores"] = threads
+    return tvm.target.Target({"kind": "llvm", **spec})
+
+
+def loadavg():
+    return round(os.getloadavg()[0], 2)
+
+
+def uptime_line():
+    try:
+        import subprocess  # noqa: PLC0415
+
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return f"loadavg {os.getloadavg()}"
+
+
+# ---------------------------------------------------------------------------- GBD patterns
+def gbd_mask(C, kh, kw, density, rng, groups=1):
+    """Boolean (groups, C//groups, kh, kw) keep-mask with round(density * n) random groups kept.
+    A GBD group is W[:, s, i, j] (all filters of one conv group at one input map and offset)."""
+    cg = C // groups
+    n = groups * cg * kh * kw
+    keep = np.zeros(n, dtype=bool)
+    keep[rng.permutation(n)[: max(1, int(round(density * n)))]] = True
+    return keep.reshape(groups, cg, kh, kw)
+
+
+def gbd_weight(T, C, kh, kw, density, groups=1, seed=0):
+    """Random float32 weight (T, C//groups, kh, kw) with a fraction 1 - density of groups zeroed."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((T, C // groups, kh, kw)).astype(np.float32) * 0.1
+    if density < 1.0:
+        keep = gbd_mask(C, kh, kw, density, rng, groups)
+        w = (w.reshape(groups, T // groups, C // groups, kh, kw) * keep[:, None]).reshape(w.shape)
+    return np.ascontiguousarray(w)
+
+
+def apply_gbd_(model, density, seed=0):
+    """Zero random GBD groups of every Conv2d of ``model`` in place at ``density`` (per conv, so
+    the FLOP-weighted density of the model is ``density`` too).  Returns the number of convs."""
+    import torch  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    n = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and density < 1.0:
+                T, cg, kh, kw = m.weight.shape
+                g = m.groups
+                keep = torch.from_numpy(gbd_mask(cg * g, kh, kw, density, rng, g))
+                w = m.weight.view(g, T // g, cg, kh, kw)
+                w.mul_(keep[:, None].to(w.dtype))
+                n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+def _once(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_interleaved(fns, *, rounds=5, sample_ms=60.0, budget_s=30.0, min_rounds=3, warmup=1,
+                     clock=time.perf_counter):
+    """Median time (ms) per call of each function in ``fns`` (dict name -> callable), timed
+    round-robin (``clock=time.thread_time`` with 1 thread: CPU time of the calling thread, which
+    does not count time spent preempted by other processes).  Returns {name: {"ms": median, "min_ms": best round, "samples": [...], "inner": k}}."""
+    import torch  # noqa: PLC0415
+
+    names = list(fns)
+    inner, est = {}, {}
+    with torch.no_grad():
+        for n in names:
+            for _ in range(warmup):
+                fns[n]()
+            dt = min(_once(fns[n]) for _ in range(2 if _once(fns[n]) < 0.5 else 1))
+            est[n] = dt
+            inner[n] = int(min(max(round(sample_ms / 1e3 / max(dt, 1e-6)), 1), 500))
+        per_round = sum(inner[n] * est[n] for n in names) + 0.02 * len(names)
+        r = int(max(min_rounds, min(rounds, budget_s // max(per_round, 1e-6))))
+        samples = {n: [] for n in names}
+        for _ in range(r):
+            for n in names:
+                f, k = fns[n], inner[n]
+                t0 = clock()
+                for _ in range(k):
+                    f()
+                samples[n].append((clock() - t0) / k * 1e3)
+                time.sleep(0.01)  # let spinning pool threads of the other runtime go idle
+    return {n: {"ms": float(np.median(samples[n])), "min_ms": float(np.min(samples[n])), "samples": [round(s, 4) for s in samples[n]],
+                "inner": inner[n]} for n in names}
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
