@@ -106,6 +106,22 @@ def specialize(ep_or_module, example_input):
             module.train()
 
 
+def check_finite(ep) -> None:
+    """Refuse weights / buffers holding NaN or Inf, naming the layer (before any compilation)."""
+    torch = _torch()
+    tensors = list(ep.state_dict.items()) + list(getattr(ep, "constants", {}).items())
+    for key, val in tensors:
+        if not isinstance(val, torch.Tensor) or not val.is_floating_point():
+            continue
+        val = val.detach()
+        bad = "NaN" if torch.isnan(val).any() else ("Inf" if torch.isinf(val).any() else None)
+        if bad:
+            layer, _, what = key.rpartition(".")
+            if not layer:
+                layer, what = key, "tensor"
+            raise ExportError(f"layer {layer!r} {what} contains {bad}; refusing to export")
+
+
 def conv_names(ep) -> list[str]:
     """Module names of the conv2d ops of ``ep`` in graph order (e.g. ``features.0``)."""
     torch = _torch()
