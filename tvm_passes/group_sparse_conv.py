@@ -194,11 +194,18 @@ class GroupSparseConv:
         )
         dec = cost_model.decide(dshape, weight, oshape, groups, sparse=self.sparse)
         kernels = _kernels()
-        if dec.decision == "gather-gemm":
-            func, consts = kernels.conv2d_gather_gemm(dshape, weight, bias, target=self.target, **attrs)
-        else:
-            func, consts = dense_conv_kernel(kernels, dshape, weight, bias, target=self.target, **attrs)
         name = self.names.get(weight_key(weight), f"conv{len(self.records)}")
+        try:
+            if dec.decision == "gather-gemm":
+                func, consts = kernels.conv2d_gather_gemm(dshape, weight, bias, target=self.target, **attrs)
+            else:
+                func, consts = dense_conv_kernel(kernels, dshape, weight, bias, target=self.target, **attrs)
+        except Exception as exc:  # noqa: BLE001 - a layout the kernel library cannot schedule
+            warnings.warn(f"gbd-export: conv {name!r} (input {list(dshape)}, weight {list(weight.shape)}) falls back "
+                          f"to the dense legalized conv2d: kernel library failed "
+                          f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})",
+                          stacklevel=2)
+            return expr
         gv = bb.add_func(mark_kernel(func), "gbd_conv_" + name.replace(".", "_"))
         self.records.append(
             {

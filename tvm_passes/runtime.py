@@ -109,7 +109,17 @@ def load(out_dir, *, device=None, check_sha=True) -> CompiledModel:
         device = tvm.cuda(0) if manifest.get("device") == "cuda" else tvm.cpu(0)
     if manifest.get("device") == "cuda" and not device.exist:
         raise ArtifactError(f"{out_dir}: CUDA artifact but no CUDA device here")
-    lib = tvm.runtime.load_module(lib_path)
+    # dlopen returns the library already loaded from the same path, even if the file was replaced
+    # by a newer export: load a per-content copy so a re-export in this process is really loaded
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    tag = str(manifest.get("library_sha256") or st.st_mtime_ns)[:32]
+    unique = os.path.join(tempfile.gettempdir(), f"gbd_{os.getpid()}_{tag}.so")
+    if not os.path.exists(unique):
+        shutil.copyfile(lib_path, unique + ".tmp")
+        os.replace(unique + ".tmp", unique)
+    lib = tvm.runtime.load_module(unique)
     vm = relax.VirtualMachine(lib, device)
     model = CompiledModel(out_dir, manifest, vm, device)
     with _LOCK:
