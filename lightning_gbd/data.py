@@ -61,7 +61,28 @@ class EpochSeededSampler(Sampler[int]):
         return self.n
 
 
-class FashionMNISTDataModule(LightningDataModule):
+class ThreeSplitDataModule(LightningDataModule):
+    """Train / control / hold-out loaders shared by the data modules: subclasses set
+    ``train_set``, ``control_set``, ``holdout_set``, ``batch_size``, ``eval_batch_size``."""
+
+    seed = 0
+    num_workers = 0
+
+    def _loader(self, ds, sampler=None):
+        bs = self.batch_size if sampler is not None else self.eval_batch_size
+        return DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=self.num_workers)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, EpochSeededSampler(len(self.train_set), self.seed))
+
+    def val_dataloader(self):
+        return [self._loader(self.control_set), self._loader(self.holdout_set)]
+
+    def test_dataloader(self):
+        return self._loader(self.holdout_set)
+
+
+class FashionMNISTDataModule(ThreeSplitDataModule):
     """Train / control / hold-out splits of Fashion-MNIST.
 
     The 60k training file is split into ``train`` and ``control`` (``control_size`` images, a
@@ -91,21 +112,9 @@ class FashionMNISTDataModule(LightningDataModule):
         self.control_set = TensorDataset(x[ctrl][:le], y[ctrl][:le])
         self.holdout_set = TensorDataset(xt[:le], yt[:le])
 
-    def _loader(self, ds, sampler=None):
-        bs = self.batch_size if sampler is not None else self.eval_batch_size
-        return DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=self.num_workers)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, EpochSeededSampler(len(self.train_set), self.seed))
-
-    def val_dataloader(self):
-        return [self._loader(self.control_set), self._loader(self.holdout_set)]
-
-    def test_dataloader(self):
-        return self._loader(self.holdout_set)
 
 
-class ImageFolderDataModule(LightningDataModule):
+class ImageFolderDataModule(ThreeSplitDataModule):
     """An ImageNet-style folder (``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg``).
 
     ``control_fraction`` of ``train`` (a seeded split) is the control set that drives the GBD
@@ -116,6 +125,7 @@ class ImageFolderDataModule(LightningDataModule):
                  control_fraction: float = 0.02, seed: int = 0, num_workers: int = 2) -> None:
         super().__init__()
         self.root, self.image_size, self.batch_size = root, image_size, batch_size
+        self.eval_batch_size = batch_size
         self.control_fraction, self.seed, self.num_workers = control_fraction, seed, num_workers
 
     def setup(self, stage: str | None = None) -> None:
@@ -140,15 +150,3 @@ class ImageFolderDataModule(LightningDataModule):
         self.train_set = torch.utils.data.Subset(full_train, perm[k:])
         self.control_set = torch.utils.data.Subset(full_eval, perm[:k])
         self.holdout_set = datasets.ImageFolder(self.root / "val", evaluate)
-
-    def _loader(self, ds, sampler=None):
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, EpochSeededSampler(len(self.train_set), self.seed))
-
-    def val_dataloader(self):
-        return [self._loader(self.control_set), self._loader(self.holdout_set)]
-
-    def test_dataloader(self):
-        return self._loader(self.holdout_set)
