@@ -31,6 +31,7 @@ from torch import nn
 import tvm_passes
 from tvm_passes.build import make_target
 from tvm_passes.kernels import compile_kernel, conv2d_gather_gemm, cpu, lower_conv
+from tests.test_kernels import ref_conv  # noqa: E402  (one reference conv for both suites)
 
 TOL = 1e-4
 ATOL = 1e-6
@@ -124,14 +125,6 @@ def dead_input_maps(w, groups):
     T, cg = w.shape[:2]
     per = np.abs(w.reshape(groups, T // groups, cg, -1)).sum(axis=(1, 3))  # [g, cg]
     return np.flatnonzero(per.reshape(-1) == 0)
-
-
-def ref_conv(x, w, b, stride, padding, dilation, groups, relu):
-    pt, pl, pb, pr = padding
-    xt = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
-    y = torch.nn.functional.conv2d(xt, torch.from_numpy(w), None if b is None else torch.from_numpy(b),
-                                   stride=stride, dilation=dilation, groups=groups)
-    return (y.relu() if relu else y).numpy()
 
 
 def assert_close(out, ref):
