@@ -30,7 +30,7 @@ from torch import nn
 
 import tvm_passes
 from tvm_passes.build import make_target
-from tvm_passes.kernels import compile_kernel, conv2d_gather_gemm, cpu, lower_conv
+from tvm_passes.kernels import compile_kernel, conv2d_gather_gemm
 from tests.test_kernels import ref_conv  # noqa: E402  (one reference conv for both suites)
 
 TOL = 1e-4
