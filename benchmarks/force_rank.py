@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_gbd import ForceRegularization, LowRankDecomposition  # noqa: E402
 from lightning_gbd.data import FashionMNISTDataModule  # noqa: E402
 from lightning_gbd.force import default_force_layers  # noqa: E402
-from lightning_gbd.models import ImageClassifier, LeNet5, SmallResNet  # noqa: E402
+from lightning_gbd.models import ImageClassifier, LeNet5, SmallResNet, accuracy  # noqa: E402
 
 NETS = {
     # name: (constructor, lr, force lambda, dense epochs, arm epochs, layers to decompose)
@@ -40,17 +40,6 @@ def fit(model, dm, epochs: float, callbacks=()):
                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                 num_sanity_val_steps=0, limit_val_batches=0)
     t.fit(model, dm)
-
-
-def accuracy(model, loader) -> float:
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    model.train()
-    return correct / total
 
 
 def run_net(name: str, dm, budget: float, finetune: float) -> dict:

@@ -13,7 +13,7 @@ from lightning.pytorch import Trainer, seed_everything
 
 from .callbacks import GradualGroupSparsification
 from .data import FashionMNISTDataModule
-from .models import ImageClassifier, LeNet5
+from .models import ImageClassifier, LeNet5, accuracy
 from .report import flop_weighted_density, format_table, plot_patterns, plot_process, write_sparsity_json
 
 
@@ -22,16 +22,6 @@ def _trainer(out: Path, epochs: int, callbacks=(), val_every: float = 1.0) -> Tr
                    default_root_dir=str(out), enable_progress_bar=False, enable_model_summary=False,
                    val_check_interval=val_every, num_sanity_val_steps=0, deterministic=True, logger=False,
                    enable_checkpointing=False)
-
-
-def holdout_accuracy(model: ImageClassifier, dm: FashionMNISTDataModule) -> float:
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in dm.test_dataloader():
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return correct / total
 
 
 def run(out: Path, dense_epochs: int, max_sparse_epochs: int, seed: int, export: bool) -> dict:
@@ -44,7 +34,7 @@ def run(out: Path, dense_epochs: int, max_sparse_epochs: int, seed: int, export:
 
     t0 = time.time()
     _trainer(out, dense_epochs).fit(model, dm)
-    dense_acc = holdout_accuracy(model, dm)
+    dense_acc = accuracy(model, dm.test_dataloader())
     print(f"[demo] dense LeNet-5: hold-out accuracy {dense_acc:.4f} ({time.time() - t0:.0f} s)")
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -55,7 +45,7 @@ def run(out: Path, dense_epochs: int, max_sparse_epochs: int, seed: int, export:
     holdout_base = float(trainer.callback_metrics["holdout_acc"])
     t0 = time.time()
     trainer.fit(model, dm)
-    sparse_acc = holdout_accuracy(model, dm)
+    sparse_acc = accuracy(model, dm.test_dataloader())
     print(f"[demo] gradual GBD: {trainer.current_epoch} epochs, {time.time() - t0:.0f} s; "
           f"hold-out accuracy {sparse_acc:.4f} (drop {100 * (dense_acc - sparse_acc):.2f} points)")
 

@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .models import accuracy
+
 BATCH = 100  # divides the 10k hold-out split
 
 
@@ -47,12 +49,9 @@ def export_and_time(dense: nn.Module, sparse: nn.Module, out: Path, dm) -> dict:
         results[name] = {"verification": ver, "totals": manifest["totals"]}
 
     compiled_sparse, compiled_dense = load(out / "tvm_sparse"), load(out / "tvm_dense")
-    correct = total = 0
-    for xb, yb in torch.utils.data.DataLoader(dm.holdout_set, batch_size=BATCH):
-        correct += int((compiled_sparse(xb).argmax(1) == yb).sum())
-        total += len(yb)
-    results["tvm_sparse_holdout_accuracy"] = correct / total
-    print(f"[demo] compiled sparse model, hold-out accuracy {correct / total:.4f} (whole 10k split)")
+    acc = accuracy(compiled_sparse, torch.utils.data.DataLoader(dm.holdout_set, batch_size=BATCH))
+    results["tvm_sparse_holdout_accuracy"] = acc
+    print(f"[demo] compiled sparse model, hold-out accuracy {acc:.4f} (whole 10k split)")
 
     torch.set_num_threads(2)
     with torch.no_grad():

@@ -113,12 +113,13 @@ class ForceRegularization(Callback):
 # ------------------------------------------------------------------------------ rank analysis
 def rank_for_error(weight: torch.Tensor, error: float = 0.05, groups: int = 1) -> int:
     """Smallest total K (summed over conv groups) with ``sum_{k>K} lambda_k / sum_k lambda_k <= e``
-    for the uncentred PCA of the filter matrix (formulas.md section 3)."""
+    for the uncentred PCA of the filter matrix (formulas.md section 3); an all-zero group has rank 0."""
+    from .lowrank import pca_rank
+
     total = 0
     for chunk in weight.detach().double().chunk(groups, 0):
-        s2 = torch.linalg.svdvals(chunk.reshape(chunk.shape[0], -1)).pow(2)
-        tail = (s2.sum() - s2.cumsum(0)) / s2.sum().clamp_min(1e-300)
-        total += int((tail > error).sum()) + 1 if s2.sum() > 0 else 0
+        m = chunk.reshape(chunk.shape[0], -1)
+        total += pca_rank(m, error) if m.any() else 0
     return min(total, weight.shape[0])
 
 

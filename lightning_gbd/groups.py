@@ -84,20 +84,3 @@ def conv_flops(conv: nn.Conv2d, out_hw: tuple[int, int], mask: torch.Tensor | No
     t, _, kh, kw = conv.weight.shape
     positions = int(mask.sum()) if mask is not None else conv.in_channels * kh * kw
     return 2 * (t // conv.groups) * positions * out_hw[0] * out_hw[1]
-
-
-def conv_output_sizes(model: nn.Module, convs: dict[str, nn.Conv2d], example: torch.Tensor) -> dict[str, tuple[int, int]]:
-    """Spatial output size of every conv for one forward pass of ``example``."""
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: sizes.__setitem__(n, tuple(o.shape[-2:])))
-             for n, m in convs.items()]
-    try:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            model(example)
-            model.train(was_training)
-    finally:
-        for h in hooks:
-            h.remove()
-    return sizes

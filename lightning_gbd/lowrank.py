@@ -87,13 +87,7 @@ def kmeans_decompose(conv: nn.Conv2d, rank: int, iters: int = 50, seed: int = 0)
     gen = torch.Generator().manual_seed(seed)
     bases, coeffs, approx = [], [], []
     for m in _filters(conv):
-        k = min(rank, m.shape[0])
-        cent = m[torch.randperm(m.shape[0], generator=gen)[:k]].clone()
-        for _ in range(iters):
-            assign = torch.cdist(m, cent).argmin(1)
-            for c in range(k):
-                if (assign == c).any():
-                    cent[c] = m[assign == c].mean(0)
+        _, cent = _kmeans(m, min(rank, m.shape[0]), iters, gen=gen)
         a = torch.linalg.lstsq(cent.T, m.T).solution.T  # m ~ a @ cent
         bases.append(cent)
         coeffs.append(a)
@@ -193,8 +187,10 @@ def decomposed_flops(module: nn.Module, in_shape: tuple[int, int, int, int]) -> 
 
 
 
-def _kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
+def _kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0,
+            gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means from k random rows; returns (assignment, centroids)."""
+    gen = gen if gen is not None else torch.Generator().manual_seed(seed)
     cent = x[torch.randperm(x.shape[0], generator=gen)[:k]].clone()
     assign = torch.zeros(x.shape[0], dtype=torch.long)
     for _ in range(iters):
@@ -202,7 +198,7 @@ def _kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Te
         for c in range(k):
             if (assign == c).any():
                 cent[c] = x[assign == c].mean(0)
-    return assign
+    return assign, cent
 
 
 class BiclusterConv(nn.Module):
@@ -238,8 +234,8 @@ def bicluster_decompose(conv: nn.Conv2d, in_clusters: int, out_clusters: int, ra
         raise ValueError("bicluster_decompose supports groups=1 convs only")
     w = conv.weight.detach().double()
     n, c, kh, kw = w.shape
-    out_assign = _kmeans(w.reshape(n, -1), out_clusters, seed=seed)
-    in_assign = _kmeans(w.permute(1, 0, 2, 3).reshape(c, -1), in_clusters, seed=seed)
+    out_assign, _ = _kmeans(w.reshape(n, -1), out_clusters, seed=seed)
+    in_assign, _ = _kmeans(w.permute(1, 0, 2, 3).reshape(c, -1), in_clusters, seed=seed)
     approx = torch.zeros_like(w)
     in_idx, bases, cols = [], [], []
     for g in range(in_clusters):
@@ -307,7 +303,7 @@ def monochromatic_decompose(conv: nn.Conv2d, colors: int, seed: int = 0):
     u, s, vh = torch.linalg.svd(mats, full_matrices=False)
     col = u[:, :, 0] * torch.sign(u[:, :1, 0] + 1e-30)  # unit colour per filter, sign fixed
     colors = min(colors, n)
-    assign = _kmeans(col, colors, seed=seed)
+    assign, _ = _kmeans(col, colors, seed=seed)
     cent = torch.stack([col[assign == k].mean(0) if (assign == k).any() else col[0] for k in range(colors)])
     cent = cent / cent.norm(dim=1, keepdim=True).clamp_min(1e-30)
     spatial = torch.einsum("nci,nc->ni", mats, cent[assign])  # least squares with a unit colour vector

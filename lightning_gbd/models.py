@@ -7,6 +7,22 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 
+def accuracy(model, loader) -> float:
+    """Top-1 accuracy of ``model`` (an ``nn.Module``, evaluated in eval mode and put back in the
+    mode it was in, or any callable such as a loaded TVM artifact) over ``loader``."""
+    training = isinstance(model, nn.Module) and model.training
+    if isinstance(model, nn.Module):
+        model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    if training:
+        model.train()
+    return correct / total
+
+
 class LeNet5(nn.Sequential):
     """LeNet-5 in Caffe's layout: conv 20 5x5, max-pool, conv 50 5x5, max-pool, fc 500, fc 10."""
 

@@ -62,20 +62,20 @@ class GroupWiseSparsification(GroupMaskCallback):
     @torch.no_grad()
     def prune(self, trainer: Trainer | None = None) -> None:
         """Zero the smallest groups (per layer, or globally) to reach the target density."""
+        norms = {n: self.norms(n) for n in self.convs}
         if self.global_density:
-            scaled = {n: self.norms(n) / self.norms(n).pow(2).mean().sqrt().clamp_min(1e-12) for n in self.convs}
+            scaled = {n: v / v.pow(2).mean().sqrt().clamp_min(1e-12) for n, v in norms.items()}
             flat = torch.cat([v.flatten() for v in scaled.values()])
             keep = max(1, round(self.density * flat.numel()))
             thr = flat.topk(keep).values.min()
             for n, v in scaled.items():
                 self.set_mask(n, v >= thr)
         else:
-            for n in self.convs:
-                norms = self.norms(n).flatten()
-                keep = max(1, round(self.tau(n) * norms.numel()))
-                mask = torch.zeros_like(norms, dtype=torch.bool)
-                mask[norms.topk(keep).indices] = True
-                self.set_mask(n, mask.reshape(self.norms(n).shape))
+            for n, v in norms.items():
+                keep = max(1, round(self.tau(n) * v.numel()))
+                mask = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
+                mask[v.flatten().topk(keep).indices] = True
+                self.set_mask(n, mask.reshape(v.shape))
         self.pruned = True
         if trainer is not None:
             self.sync(trainer)
