@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -31,7 +32,8 @@ NETS = {
     "lenet": (LeNet5, 0.02, 3e-4, 3, 2, r"net\.conv[12]$"),
     "resnet": (SmallResNet, 0.05, 1e-4, 3, 2, None),
 }
-ERRORS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
+ERRORS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+STOP_AFTER_MISSES = 2  # stop an arm's grid after this many consecutive e over the budget
 
 
 def fit(model, dm, epochs: float, callbacks=()):
@@ -56,7 +58,7 @@ def run_net(name: str, dm, budget: float, finetune: float) -> dict:
         model = copy.deepcopy(base)
         fit(model, dm, arm_epochs, [ForceRegularization(lam=lam, kind="l2", layers=layers)] if arm == "force" else [])
         print(f"[{name}/{arm}] after {arm_epochs} more epochs: control {accuracy(model, control):.4f}", flush=True)
-        best = None
+        best, misses = None, 0
         for e in ERRORS:
             cand = copy.deepcopy(model)
             dec = LowRankDecomposition(method="pca", error=e, layers=layers, input_shape=(1, 1, 28, 28))
@@ -66,7 +68,7 @@ def run_net(name: str, dm, budget: float, finetune: float) -> dict:
             ratios = {n: r["rank"] / r["filters"] for n, r in rows.items()}
             targets = (default_force_layers(model) if layers is None else
                        {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
-                        and __import__("re").search(layers, n)})
+                        and re.search(layers, n)})
             for n in targets:  # a layer not decomposed (no FLOP gain) keeps its full rank
                 ratios.setdefault(n, 1.0)
             avg = sum(ratios.values()) / len(ratios)
@@ -76,6 +78,11 @@ def run_net(name: str, dm, budget: float, finetune: float) -> dict:
             if drop <= budget:
                 best = {"error": e, "avg_rank_ratio": avg, "rank_ratio": ratios, "control_drop_points": drop,
                         "holdout_accuracy": hold}
+                misses = 0
+            else:
+                misses += 1
+                if misses >= STOP_AFTER_MISSES:
+                    break
         out["arms"][arm] = best
     return out
 

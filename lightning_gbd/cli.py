@@ -24,6 +24,18 @@ class GBDCLI(LightningCLI):
         parser.add_argument("--export.input_shape", type=list[int] | None, default=None, help="N,C,H,W of the export")
         parser.add_argument("--export.out", type=str | None, default=None, help="artifact folder (default RUN/export)")
 
+    def instantiate_trainer(self, **kwargs):
+        """The recipe's Trainer, with atomic checkpoint writes and weights-only loads
+        (``checkpoint_io.AtomicCheckpointIO``) unless the recipe brings its own CheckpointIO."""
+        from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+        from .checkpoint_io import AtomicCheckpointIO
+
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
     def after_fit(self) -> None:
         """Write the run's report next to its checkpoints."""
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)

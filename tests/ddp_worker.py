@@ -1,5 +1,6 @@
 """Run by test_ddp.py: a 2-process CPU (gloo) DDP fit with a sparsity callback; every rank writes
-its callback state so the test can compare them."""
+its callback state so the test can compare them.  With devices=1 the same fit runs in one process
+on the same global batches (``SameGlobalBatches``)."""
 import sys
 from pathlib import Path
 
@@ -9,12 +10,28 @@ from lightning.pytorch import Trainer, seed_everything
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_gbd import (FixedSparsityPatterns, ForceRegularization, GradualGroupSparsification,  # noqa: E402
                            GroupSparsityRegularizer, GroupWiseSparsification)
-from lightning_gbd.data import FashionMNISTDataModule  # noqa: E402
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from lightning_gbd.data import EpochSeededSampler, FashionMNISTDataModule  # noqa: E402
 from lightning_gbd.models import ImageClassifier  # noqa: E402
 from tests.conftest import LayoutNet  # noqa: E402
 
 
-def main(out: str, kind: str) -> None:
+class SameGlobalBatches(FashionMNISTDataModule):
+    """One process, batch 64, fed the global batches of the 2-rank run: under DDP Lightning wraps the
+    training sampler in a ``DistributedSamplerWrapper`` that shuffles its order once more (seed
+    PL_GLOBAL_SEED + epoch) and deals the positions rank-interleaved, so DDP step k reads positions
+    64k..64k+63 of that order on the two ranks together; the same wrapper with one replica yields
+    that order in one process."""
+
+    def train_dataloader(self):
+        sampler = DistributedSamplerWrapper(EpochSeededSampler(len(self.train_set), self.seed), num_replicas=1,
+                                            rank=0, shuffle=True, seed=0)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler)
+
+
+def main(out: str, kind: str, devices: int = 2) -> None:
     torch.set_num_threads(1)
     seed_everything(0)
     cb = {
@@ -25,16 +42,17 @@ def main(out: str, kind: str) -> None:
         "regularizer": lambda: GroupSparsityRegularizer(lam=0.05),
         "force": lambda: ForceRegularization(lam=1e-3, kind="l1"),
     }[kind]()
-    dm = FashionMNISTDataModule(batch_size=32, control_size=256, limit_train=512, limit_eval=256)
-    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, callbacks=[cb], logger=False,
+    dm = (FashionMNISTDataModule if devices > 1 else SameGlobalBatches)(
+        batch_size=64 // devices, control_size=256, limit_train=512, limit_eval=256)
+    trainer = Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=2, callbacks=[cb], logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       val_check_interval=4, limit_train_batches=8, limit_val_batches=2, num_sanity_val_steps=0)
     model = ImageClassifier(LayoutNet(), lr=0.05)
     trainer.fit(model, dm)
     state = cb.state_dict() if hasattr(cb, "masks") else {}
     torch.save({"state": state, "weights": model.state_dict()},
-               Path(out) / f"{kind}_rank{trainer.global_rank}.pt")
+               Path(out) / (f"{kind}_rank{trainer.global_rank}.pt" if devices > 1 else f"{kind}_single.pt"))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 2)

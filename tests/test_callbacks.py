@@ -1,7 +1,7 @@
 """The sparsity callbacks with real Lightning Trainers on a slice of real Fashion-MNIST."""
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_gbd import (FixedSparsityPatterns, GradualGroupSparsification, GroupSparsityRegularizer,
@@ -144,6 +144,35 @@ def test_gradual_run_sparsifies_and_stops_on_stall(tmp_path, layout_net, fmnist_
     dens = [h["density"] for h in cb.history]
     for a, b in zip(dens, dens[1:]):
         assert all(b[k] <= a[k] for k in a)
+
+
+class RecordWarmup(Callback):
+    """Records, at the end of every training epoch, the gradual callback's state and the control accuracy."""
+
+    def __init__(self, gbd):
+        self.gbd, self.rows = gbd, []
+
+    def on_validation_end(self, trainer, pl_module):
+        self.rows.append((trainer.current_epoch, float(trainer.callback_metrics["control_acc"]),
+                          bool(self.gbd.scale), self.gbd.theta, bool(self.gbd.masks)))
+
+
+def test_gradual_start_epoch_trains_dense_first(tmp_path, layout_net, fmnist_small):
+    """start_epoch=2: two epochs of plain training (no theta, no masks, no scale), then the last
+    warm-up validation is the baseline and sparsification runs."""
+    seed_everything(0)
+    cb = _gradual(lam=0.05, epsilon=0.3, patience=100, delta=0.5, start_epoch=2)
+    rec = RecordWarmup(cb)
+    trainer = make_trainer(tmp_path, [cb, rec], max_epochs=4, val_check_interval=4, limit_val_batches=2,
+                           limit_train_batches=8)
+    trainer.fit(ImageClassifier(layout_net, lr=0.05), fmnist_small)
+    warm = [r for r in rec.rows if r[0] < 2]
+    assert len(warm) == 4 and all(not r[2] and r[3] == 0 and not r[4] for r in warm)
+    assert cb.baseline == warm[-1][1]
+    assert cb.history and cb.history[0]["step"] > 16 and cb.theta > 0
+    assert any((~m).any() for m in cb.masks.values()) and pruned_weights_are_zero(cb)
+    with pytest.raises(ValueError, match="start_epoch"):
+        GradualGroupSparsification(start_epoch=-1)
 
 
 def test_stall_lowers_theta_when_drop_too_big(tmp_path, layout_net, fmnist_small):

@@ -36,7 +36,7 @@ def test_sigkill_mid_epoch_resumes_with_the_checkpointed_sparsity_state(tmp_path
     assert proc.returncode == -signal.SIGKILL
     saved = load_checkpoint(ckpt)
     saved_gbd = [v for k, v in saved["callbacks"].items() if "Gradual" in k][0]
-    r = subprocess.run(worker + ["--resume", str(saved["global_step"] + 8)], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(worker + ["--resume", "--max-steps", str(saved["global_step"] + 8)], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     start = torch.load(tmp_path / "resumed_start.pt", weights_only=True)
     assert start["step"] == saved["global_step"] > 0
@@ -47,6 +47,29 @@ def test_sigkill_mid_epoch_resumes_with_the_checkpointed_sparsity_state(tmp_path
     w = saved["state_dict"]["net.c3.weight"]
     from lightning_gbd.groups import group_norms
     assert (group_norms(w, 2)[~saved_gbd["masks"]["net.c3"]] == 0).all()
+
+
+@pytest.mark.parametrize("io", ["lightning", "atomic"])
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, io):
+    """Checkpoints every 4 steps; from step 10 on no file may grow past 4 KiB (RLIMIT_FSIZE: writes
+    fail part-way with EFBIG, as on a full disk), so the step-12 save fails.  The step-8 checkpoint
+    must survive intact, no partial file may be left beside it, and training resumes from it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    worker = [sys.executable, str(ROOT / "tests" / "kill_worker.py"), str(tmp_path)] + (["--atomic"] if io == "atomic" else [])
+    r = subprocess.run(worker + ["--disk-full-after", "10"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    assert "File too large" in r.stderr
+    if io == "atomic":
+        assert "could not write checkpoint" in r.stderr and "the previous checkpoint there is kept" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary or partial file
+    saved = load_checkpoint(tmp_path / "last.ckpt")
+    assert saved["global_step"] == 8
+    assert read_patterns(tmp_path / "last.ckpt")  # the sparsity state is in it
+    r = subprocess.run(worker + ["--resume", "--max-steps", "16"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    start = torch.load(tmp_path / "resumed_start.pt", weights_only=True)
+    assert start["step"] == 8
+    assert load_checkpoint(tmp_path / "last.ckpt")["global_step"] == 16
 
 
 def test_truncated_checkpoint_is_detected(tmp_path):

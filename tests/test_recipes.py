@@ -1,6 +1,7 @@
 """Every recipe parses with LightningCLI and trains a few steps on tiny real data (Fashion-MNIST
 images written as an ImageFolder tree for the ImageNet recipes), so no recipe can rot."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,10 @@ def _params():
 
 @pytest.mark.parametrize("recipe,export", _params())
 def test_recipe_trains_a_few_steps(recipe, export, tmp_path, tiny_imagefolder):
+    if "start_epoch:" in recipe.read_text():  # a few steps: sparsify from the first one
+        copy = tmp_path / recipe.name
+        copy.write_text(re.sub(r"start_epoch: \d+", "start_epoch: 0", recipe.read_text()))
+        recipe = copy
     args = ["fit", "--config", str(recipe), *FAST, "--trainer.default_root_dir", str(tmp_path)]
     if "fmnist" in recipe.stem:
         args += ["--data.init_args.limit_train", "256", "--data.init_args.limit_eval", "128"]

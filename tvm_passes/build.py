@@ -12,6 +12,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import sys
 import time
 import warnings
 
@@ -313,15 +314,18 @@ def export_model(
     log=None,
     verify=None,
     decompose_error=None,
+    progress=False,
 ):
     """Compile ``model`` (an ``nn.Module`` or ``ExportedProgram``) into ``out_dir``.
 
     Writes ``model.so``, ``manifest.json`` and (``do_verify`` / ``verify``) ``verification.json``; returns the
     manifest dict.  ``sparse=False`` forces every conv to the dense im2col GEMM and skips the
     dead-channel pass (the baseline of the sparse export).  ``input_shape`` overrides the shape
-    of ``example_input`` (the model is re-exported for it; static shapes).
+    of ``example_input`` (the model is re-exported for it; static shapes).  ``progress``: a
+    stage progress bar on stderr (``None``: only on a terminal).
     """
     import torch  # noqa: PLC0415
+    from tqdm.auto import tqdm  # noqa: PLC0415
 
     from .importer import example_input_of, input_shape_of  # noqa: PLC0415
 
@@ -340,14 +344,27 @@ def export_model(
         raise ExportError("an example input is needed to export a module")
     if input_shape is not None and tuple(input_shape) != tuple(example_input.shape):
         example_input = torch.randn(*input_shape, dtype=example_input.dtype)
+    stages = ["torch.export", "graph passes + GBD kernels" + (" + tuning" if tune_trials else ""), "compile",
+              "write"] + (["verify"] if do_verify else [])
+    bar = tqdm(total=len(stages), desc="gbd-export", unit="stage", disable=None if progress is None else not progress,
+               leave=False, file=sys.stderr, bar_format="{desc}: {n}/{total} {postfix} [{elapsed}]")
+
+    def stage(i):
+        bar.n = i
+        bar.set_postfix_str(stages[i] if i < len(stages) else "done")
+
+    stage(0)
     ep = specialize(model, example_input)
     check_finite(ep)
     shape = tuple(int(v) for v in example_input.shape)
 
+    stage(1)
     lowrank: list = []
     mod, records, imp, tuning = lower(ep, tgt, sparse=sparse, tune_trials=tune_trials, tune_db=tune_db, log=log,
                                       decompose_error=decompose_error, lowrank_records=lowrank)
+    stage(2)
     ex = compile_module(mod, tgt)
+    stage(3)
     os.makedirs(out_dir, exist_ok=True)
     lib_path = os.path.join(out_dir, LIB_NAME)
     tmp_path = lib_path + ".tmp.so"
@@ -392,6 +409,7 @@ def export_model(
 
     ver_path = os.path.join(out_dir, VERIFICATION)
     if do_verify:
+        stage(4)
         if tgt.kind.name == "cuda" and not _has_cuda_device():
             ver = {"skipped": True, "reason": "no CUDA device on this machine (artifact built only)", "passed": None}
         else:
@@ -406,4 +424,6 @@ def export_model(
             )
     elif os.path.exists(ver_path):
         os.remove(ver_path)
+    stage(len(stages))
+    bar.close()
     return manifest

@@ -94,6 +94,7 @@ def main(argv=None) -> int:
                 do_verify=not args.no_verify,
                 input_shape=args.input_shape,
                 decompose_error=args.decompose_error,
+                progress=False if args.quiet else None,
             )
     except ExportError as exc:
         print(f"gbd-export: error: {_one_line(exc)}", file=sys.stderr)

@@ -46,7 +46,9 @@ class CompiledModel:
         if hasattr(x, "detach"):  # torch
             t = x.detach()
             if str(t.dtype) != f"torch.{self.input_dtype}":
-                t = t.to(getattr(__import__("torch"), self.input_dtype))
+                import torch  # noqa: PLC0415  (only reached with a torch tensor)
+
+                t = t.to(getattr(torch, self.input_dtype))
             if self._on_cpu and t.device.type == "cpu":
                 return tvm.runtime.from_dlpack(t.contiguous())
             return tvm.runtime.tensor(t.cpu().contiguous().numpy(), self.device)

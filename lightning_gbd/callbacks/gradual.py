@@ -43,13 +43,18 @@ class GradualGroupSparsification(GroupMaskCallback):
             first validation during fit (theta is 0 until then, so that epoch is plain training).
         mode: ``"max"`` for accuracies, ``"min"`` for losses.
         layers: regex, list of names, or ``None`` for every Conv2d.
+        start_epoch: epochs of plain dense training before sparsification starts (train from
+            scratch in one ``fit``); the last validation before it gives the baseline and the weight
+            scale is measured when it starts.
     """
 
     def __init__(self, monitor: str = "val_acc", delta: float = 0.01, lam: float = 1e-2, epsilon: float = 0.05,
                  quantile_step: float = 0.05, patience: int = 3, finetune_epochs: int = 0,
                  baseline: float | None = None, mode: str = "max", relative: bool = True,
-                 layers: str | Iterable[str] | None = None) -> None:
+                 layers: str | Iterable[str] | None = None, start_epoch: int = 0) -> None:
         super().__init__(layers)
+        if start_epoch < 0:
+            raise ValueError(f"start_epoch must be >= 0, got {start_epoch}")
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if not 0 < quantile_step < 1:
@@ -63,6 +68,8 @@ class GradualGroupSparsification(GroupMaskCallback):
         self.scale: dict[str, float] = {}
         self.stall = 0
         self.finetune_from: int | None = None
+        self.start_epoch = start_epoch
+        self.warmup_value: float | None = None  # the monitor's last value during the dense warm-up
 
     # ------------------------------------------------------------ helpers
     def scaled_norms(self, name: str) -> torch.Tensor:
@@ -114,7 +121,8 @@ class GradualGroupSparsification(GroupMaskCallback):
             if self.baseline is None:
                 self.baseline = value
             return
-        if not self.scale:
+        if not self.scale:  # dense warm-up (start_epoch): its last value becomes the baseline
+            self.warmup_value = value
             return
         if self.baseline is None:
             self.baseline = value
@@ -141,11 +149,21 @@ class GradualGroupSparsification(GroupMaskCallback):
         self.history.append(entry)
         self.log_metrics(trainer, {"gbd/theta": self.theta, "gbd/drop": drop, **self.density_metrics()})
 
+    def _start_sparsification(self, trainer: Trainer) -> None:
+        """Fix the layers' weight scale (restored on resume) and the baseline after a warm-up."""
+        self.scale = {n: float(self.norms(n).pow(2).mean().sqrt().clamp_min(1e-12)) for n in self.convs}
+        if self.baseline is None and self.warmup_value is not None:
+            self.baseline = self.warmup_value
+        self.sync(trainer)
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.scale:  # fixed at the start of sparsification, restored on resume
-            self.scale = {n: float(self.norms(n).pow(2).mean().sqrt().clamp_min(1e-12)) for n in self.convs}
-            self.sync(trainer)
+        if not self.scale and trainer.current_epoch >= self.start_epoch:
+            self._start_sparsification(trainer)
         super().on_train_start(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.scale and trainer.current_epoch >= self.start_epoch:
+            self._start_sparsification(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.finetune_from is not None and trainer.current_epoch + 1 - self.finetune_from >= self.finetune_epochs > 0:
@@ -165,10 +183,11 @@ class GradualGroupSparsification(GroupMaskCallback):
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "theta": self.theta, "baseline": self.baseline, "scale": dict(self.scale),
-                "stall": self.stall, "finetune_from": self.finetune_from}
+                "stall": self.stall, "finetune_from": self.finetune_from, "warmup_value": self.warmup_value}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.theta, self.baseline = float(state_dict["theta"]), state_dict["baseline"]
         self.scale, self.stall = dict(state_dict["scale"]), int(state_dict["stall"])
         self.finetune_from = state_dict["finetune_from"]
+        self.warmup_value = state_dict.get("warmup_value")

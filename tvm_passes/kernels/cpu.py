@@ -128,8 +128,12 @@ def schedule_conv_cpu(func, geom: ConvGeometry, target, opts=None):
     # padded copy of live maps: iterate (b, l, h, w) instead of the flat index (no divisions)
     dblk = sch.get_sblock("Dp")
     HW = geom.Hp * geom.Wp
-    sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
-    db, dl, dh, dw = sch.get_loops(dblk)
+    if geom.Hp == 1:  # one padded row: (f % HW) // Wp is constant, not a bijective affine map
+        sch.transform_block_layout(dblk, lambda b, f: (b, f // geom.Wp, f % geom.Wp))
+        db, dl, dw = sch.get_loops(dblk)
+    else:
+        sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
+        db, dl, dh, dw = sch.get_loops(dblk)
     sch.parallel(sch.fuse(db, dl))
 
     # epilogue (bias, ReLU, drop padded rows / pixels)
