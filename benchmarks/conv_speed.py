@@ -77,20 +77,6 @@ def _clock():
     return time.thread_time if (ARGS and ARGS.cpu_time) else time.perf_counter
 
 
-def _one_thread(fn):
-    """PyTorch at 1 thread (a load-robust reference: on an oversubscribed 2-core VM the 2-thread
-    OpenMP barriers of oneDNN stall whenever one thread is descheduled)."""
-    import torch
-
-    def f():
-        torch.set_num_threads(1)
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(ARGS.threads if ARGS else 2)
-    return f
-
-
 def build_kernel(tvm, func, consts, tgt, x_tvm, out_shape):
     from tvm_passes.kernels import compile_kernel
 
@@ -129,7 +115,7 @@ def run_shape(spec, N, densities, tgt, rounds, budget):
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(wd))
         conv.bias.copy_(torch.from_numpy(b))
-    fns = {"torch": lambda: conv(xt), "torch1": _one_thread(lambda: conv(xt))}
+    fns = {}  # PyTorch is timed in fresh processes without TVM (common.torch_isolated)
     func, consts = conv_kernels(C, T, k, pad, H, wd, b, N, tgt, dense=True)
     fns["tvm_dense"], _ = build_kernel(tvm, func, consts, tgt, x_tvm, (N, T, OH, OH))
     errs, taus = {}, {}
@@ -144,6 +130,8 @@ def run_shape(spec, N, densities, tgt, rounds, budget):
         errs[d] = float(np.abs(out.numpy() - ref).max() / max(np.abs(ref).max(), 1e-30))
         fns[f"gg{d}"] = fn
     res = common.time_interleaved(fns, rounds=rounds, budget_s=budget, sample_ms=30.0, clock=_clock())
+    res.update(common.torch_isolated(dict(kind="conv", C=C, T=T, k=k, pad=pad, H=H, batch=N, threads=ARGS.threads,
+                                          rounds=rounds, budget_s=budget, sample_ms=30.0, cpu_time=ARGS.cpu_time)))
     fd = 2.0 * N * OH * OH * T * C * k * k
     rows = []
     ta, tb = res["torch"]["ms"], res["tvm_dense"]["ms"]
@@ -189,7 +177,7 @@ def run_lowrank(spec, N, tgt, rounds, budget):
     w = conv.weight.detach().numpy().copy()
     b = conv.bias.detach().numpy().copy()
     a1 = dict(stride=(1, 1), padding=(pad,) * 4, dilation=(1, 1), groups=1, relu=False)
-    fns = {"torch": lambda: conv(xt), "torch1": _one_thread(lambda: conv(xt))}
+    fns = {}  # PyTorch is timed in fresh processes without TVM (common.torch_isolated)
     func, consts = gsc.dense_conv_kernel(gsc._kernels(), x.shape, w, b, target=tgt, **a1)
     fns["tvm_dense"], _ = build_kernel(tvm, func, consts, tgt, x_tvm, (N, T, OH, OH))
     flops0 = decomposed_flops(conv, x.shape)
@@ -224,9 +212,10 @@ def run_lowrank(spec, N, tgt, rounds, budget):
             ref = seq(xt).numpy()
         err = float(np.abs(out.numpy() - ref).max() / max(np.abs(ref).max(), 1e-30))
         fns[f"tvm_{frac}"] = dec
-        fns[f"torch_{frac}"] = (lambda s=seq: s(xt))
         info[frac] = dict(rank=rank, flops=decomposed_flops(seq, x.shape), pca_rel_err=relerr, kernel_rel_err=err)
     res = common.time_interleaved(fns, rounds=rounds, budget_s=budget, clock=_clock())
+    res.update(common.torch_isolated(dict(kind="lowrank", C=C, T=T, k=k, pad=pad, H=H, batch=N, threads=ARGS.threads,
+                                          rounds=rounds, budget_s=budget, cpu_time=ARGS.cpu_time)))
     rows = []
     for frac, inf in info.items():
         ta, tb = res["torch"]["ms"], res["tvm_dense"]["ms"]
@@ -352,10 +341,14 @@ def main():
            f"{'c/a':>7}{'c/a*':>7}{'c/b':>7}{'1/tau':>7}{'eff_a':>7}{'eff_a*':>7}{'eff_b':>7}{'GF/s(c)':>9}{'err':>9}")
     print(hdr, flush=True)
     rows = []
+    ncases = sum(1 for b in batches for sp in shapes if not (b > 1 and ARGS.skip_b32 and ARGS.skip_b32 in sp[0]))
+    bar = common.progress(ncases * ((0 if ARGS.lowrank_only else 1) + (0 if ARGS.no_lowrank else 1)), "conv_speed")
     for bsz in ([] if ARGS.lowrank_only else batches):
         for spec in shapes:
             if bsz > 1 and ARGS.skip_b32 and ARGS.skip_b32 in spec[0]:
                 continue
+            bar.set_postfix_str(f"{spec[0]} b{bsz}")
+            bar.update()
             t0 = time.time()
             rs = run_shape(spec, bsz, densities, tgt, rounds, budget)
             for r in rs:
@@ -378,6 +371,8 @@ def main():
             for spec in lshapes:
                 if bsz > 1 and ARGS.skip_b32 and ARGS.skip_b32 in spec[0]:
                     continue
+                bar.set_postfix_str(f"low-rank {spec[0]} b{bsz}")
+                bar.update()
                 for r in run_lowrank(spec, bsz, tgt, max(3, rounds - 2), budget):
                     low.append(r)
                     print(f"{r['shape']:<32}{bsz:>3}{r['rank']:>6}{r['theoretical_speedup']:>7.2f}"
@@ -386,6 +381,7 @@ def main():
                           f"{r['speedup_vs_tvm_dense']:>7.2f}{r['torch_decomposed_speedup']:>8.2f}"
                           f"{r['eff_vs_torch']:>6.2f}{r['pca_rel_err']:>8.3f}", flush=True)
                 common.write_json(ARGS.out, dict(head, rows=rows, lowrank=low))
+    bar.close()
     print("\n# targets (issue 4), efficiency = speed-up * tau")
     tl = targets(rows)
     for line in tl:

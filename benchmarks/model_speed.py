@@ -193,19 +193,16 @@ def run_model(name, bsz, densities, args, tag, log):
     if args.compile_only:
         return None
     x_tvm = tvm.runtime.tensor(x.numpy(), tvm.cpu())
-    def torch1():
-        torch.set_num_threads(1)
-        try:
-            return model(x)
-        finally:
-            torch.set_num_threads(args.threads)
-
-    fns = {"torch": lambda: model(x), "torch1": torch1}
+    fns = {}  # PyTorch is timed in fresh processes without TVM (common.torch_isolated)
     for vname, cm in cms.items():
         fns[vname] = (lambda cm=cm: cm.run_tvm(x_tvm))
     res = common.time_interleaved(fns, rounds=args.rounds, budget_s=args.budget, sample_ms=100.0,
                                   clock=time.thread_time if args.cpu_time else time.perf_counter)
-    layers = {"torch": torch_layer_times(model, x, args.layer_runs)}
+    iso = common.torch_isolated(dict(kind="model", name=name, batch=bsz, threads=args.threads, rounds=args.rounds,
+                                     budget_s=args.budget, sample_ms=100.0, cpu_time=args.cpu_time,
+                                     layer_runs=args.layer_runs))
+    layers = {"torch": iso.pop("layers")}
+    res.update(iso)
     for vname, cm in cms.items():
         layers[vname] = tvm_layer_times(cm, x_tvm, args.layer_runs)
     row = dict(model=name, batch=bsz, input=[bsz, *in_shape],
@@ -302,9 +299,12 @@ def main():
         f"{'s' + str(d) + ' ms':>11}" for d in densities) + f"{'tvmD/a':>8}" + "".join(
         f"{'s' + str(d) + '/a':>8}{'s' + str(d) + '/a*':>9}{'s' + str(d) + '/b':>8}" for d in densities)
     tables = []
+    bar = common.progress(len(args.models.split(",")) * len(args.batches.split(",")), "model_speed")
     for name in args.models.split(","):
         for b in (int(v) for v in args.batches.split(",")):
             bsz = args.vgg_batch if (name == "vgg16" and b == 32) else b
+            bar.set_postfix_str(f"{name} b{bsz}")
+            bar.update()
             t0 = time.time()
             row = run_model(name, bsz, densities, args, tag, log)
             if row is None:
@@ -322,6 +322,7 @@ def main():
             for ln in layer_table(row):
                 log(ln)
             common.write_json(args.out, dict(head, rows=rows))
+    bar.close()
     log("\n# summary (a = PyTorch eager dense 2 threads, a* = best of PyTorch 2-thread / 1-thread, "
         "b = TVM dense export; x/a = speed-up over a)")
     log(hdr)

@@ -2,12 +2,17 @@
 trained it, for ``gbd-export CKPT --config RECIPE``."""
 from __future__ import annotations
 
+import tempfile
+import warnings
 from pathlib import Path
 
-import torch
+import yaml
 from torch import nn
 
 from .report import load_checkpoint
+
+#: keys of the ``fit`` subcommand that a saved run config holds but a model-only parse rejects
+FIT_ONLY_KEYS = ("ckpt_path", "weights_only")
 
 
 def model_from_recipe(config: str | Path, checkpoint: str | Path) -> tuple[nn.Module, dict]:
@@ -27,10 +32,23 @@ def model_from_recipe(config: str | Path, checkpoint: str | Path) -> tuple[nn.Mo
     ckpt = load_checkpoint(checkpoint)
     if "state_dict" not in ckpt:
         raise ValueError(f"checkpoint {checkpoint} has no state_dict: not a Lightning checkpoint")
+    # a recipe, or the config.yaml a `gbd fit` run saved (it also holds the fit subcommand's keys)
     try:
-        cli = GBDCLI(ImageClassifier, LightningDataModule, subclass_mode_data=True, run=False,
-                     args=["--config", str(config), "--trainer.logger", "false"],
-                     parser_kwargs={"exit_on_error": False}, save_config_callback=None)
+        conf = yaml.safe_load(Path(config).read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"recipe {config} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(conf, dict):
+        raise ValueError(f"recipe {config} is not a LightningCLI config (a mapping)")
+    for key in FIT_ONLY_KEYS:
+        conf.pop(key, None)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+            clean = Path(tmp) / Path(config).name
+            clean.write_text(yaml.safe_dump(conf))
+            cli = GBDCLI(ImageClassifier, LightningDataModule, subclass_mode_data=True, run=False,
+                         args=["--config", str(clean), "--trainer.logger", "false"],
+                         parser_kwargs={"exit_on_error": False}, save_config_callback=None)
     except Exception as exc:  # jsonargparse errors
         raise ValueError(f"recipe {config}: {argument_error_line(str(exc))}") from None
     model = cli.model
