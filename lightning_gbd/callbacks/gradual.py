@@ -156,12 +156,8 @@ class GradualGroupSparsification(GroupMaskCallback):
             self.baseline = self.warmup_value
         self.sync(trainer)
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.scale and trainer.current_epoch >= self.start_epoch:
-            self._start_sparsification(trainer)
-        super().on_train_start(trainer, pl_module)
-
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # the scale is fixed once (restored on resume), at the first epoch >= start_epoch
         if not self.scale and trainer.current_epoch >= self.start_epoch:
             self._start_sparsification(trainer)
 
