@@ -1,10 +1,10 @@
 """PyTorch eager timings in a process that never loads TVM (the (a) baselines of conv_speed.py
 and model_speed.py).
 
-Measured here (`benchmarks/interference.py`): in a process that has run TVM kernels, PyTorch's
-2-thread oneDNN conv (AlexNet conv2, batch 32) took 58-87 ms, against 45-57 ms for the best of
-three fresh processes, even after the TVM pool had idled for a second; an in-process PyTorch
-baseline flatters TVM.  The benchmarks therefore time PyTorch through ``common.torch_isolated``
+Measured here (AlexNet conv2, batch 32, 2 threads): PyTorch timed in the benchmark process that
+also runs the TVM kernels read 103 ms; `benchmarks/interference.py` read 49-87 ms right after a
+TVM kernel (four runs) against 45-57 ms for the best of three fresh processes.  PyTorch's timing
+on this VM is noisy in any case, but an in-process PyTorch baseline flatters TVM.  The benchmarks therefore time PyTorch through ``common.torch_isolated``
 -> this script, in fresh processes, keeping the best process (which can only favour PyTorch).
 
     python benchmarks/torch_isolated.py '{"kind": "conv", "C": 64, "T": 192, "k": 5, "pad": 2,
