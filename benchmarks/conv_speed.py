@@ -110,11 +110,7 @@ def run_shape(spec, N, densities, tgt, rounds, budget):
     b = rng.standard_normal(T).astype(np.float32)
     x_tvm = tvm.runtime.tensor(x, dev)
     xt = torch.from_numpy(x)
-    conv = torch.nn.Conv2d(C, T, k, padding=pad).eval()
     wd = common.gbd_weight(T, C, k, k, 1.0)
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(wd))
-        conv.bias.copy_(torch.from_numpy(b))
     fns = {}  # PyTorch is timed in fresh processes without TVM (common.torch_isolated)
     func, consts = conv_kernels(C, T, k, pad, H, wd, b, N, tgt, dense=True)
     fns["tvm_dense"], _ = build_kernel(tvm, func, consts, tgt, x_tvm, (N, T, OH, OH))
