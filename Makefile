@@ -7,7 +7,7 @@ SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 export TVM_NUM_THREADS ?= 2
 
-.PHONY: demo test test-all data setup bench
+.PHONY: demo test test-all data setup bench lint
 setup: $(STAMP)
 
 $(STAMP):
@@ -23,7 +23,7 @@ $(FMNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 demo: $(STAMP) $(FMNIST)
-	$(PY) -m lightning_gbd.demo --out runs/demo
+	$(PY) -m lightning_gbd.app.demo --out runs/demo
 
 test: $(STAMP) $(FMNIST)
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -32,4 +32,10 @@ test-all: $(STAMP) $(FMNIST)
 	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
 
 bench: $(STAMP)
-	$(PY) benchmarks/gather_gemm_speed.py
+	$(PY) -m benchmarks.gather_gemm_speed
+
+# ruff (lint + format check) and the import contracts of pyproject.toml (docs/architecture.md)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports

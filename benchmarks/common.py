@@ -1,5 +1,7 @@
 """Shared helpers of the speed benchmarks (conv_speed.py, model_speed.py): environment set-up
-(threads, TVM thread binding), the CPU target, random GBD patterns, and interleaved timing.
+(threads, TVM thread binding), the CPU target, random GBD patterns, and the timing harness of
+``lightning_gbd.core.timing`` under ``no_grad``.  Run the benchmarks as modules from the
+repository root: ``python -m benchmarks.conv_speed``.
 
 Timing protocol (the machine is a shared 2-core VM, so absolute times drift with the load):
 all variants of one case are timed *round-robin* in one process -- round r runs variant A, then
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -27,22 +28,23 @@ def setup_env(threads=2):
     os.environ["TVM_NUM_THREADS"] = str(threads)
     os.environ["TVM_BIND_THREADS"] = "0"
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    import torch  # noqa: PLC0415
+    import torch
 
     torch.set_num_threads(threads)
 
 
 def target(threads=2):
     """The same LLVM target export_model("llvm") builds for (host CPU, num-cores)."""
-    from tvm_passes.build import make_target  # noqa: PLC0415
+    import tvm
 
-    import tvm  # noqa: PLC0415
+    from tvm_passes.target import make_target
 
     t = make_target("llvm")
-    spec = {k: (int(v) if k == "num-cores" else str(v)) for k, v in
-            ((k, t.attrs.get(k)) for k in ("mtriple", "mcpu", "num-cores")) if v is not None}
+    spec = {
+        k: (int(v) if k == "num-cores" else str(v))
+        for k, v in ((k, t.attrs.get(k)) for k in ("mtriple", "mcpu", "num-cores"))
+        if v is not None
+    }
     spec["num-cores"] = threads
     return tvm.target.Target({"kind": "llvm", **spec})
 
@@ -53,10 +55,10 @@ def loadavg():
 
 def uptime_line():
     try:
-        import subprocess  # noqa: PLC0415
+        import subprocess
 
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return f"loadavg {os.getloadavg()}"
 
 
@@ -84,7 +86,7 @@ def gbd_weight(T, C, kh, kw, density, groups=1, seed=0):
 def apply_gbd_(model, density, seed=0):
     """Zero random GBD groups of every Conv2d of ``model`` in place at ``density`` (per conv, so
     the FLOP-weighted density of the model is ``density`` too).  Returns the number of convs."""
-    import torch  # noqa: PLC0415
+    import torch
 
     rng = np.random.default_rng(seed)
     n = 0
@@ -100,44 +102,14 @@ def apply_gbd_(model, density, seed=0):
     return n
 
 
-# ---------------------------------------------------------------------------- timing
+def time_interleaved(fns, **kwargs):
+    """``lightning_gbd.core.timing.time_interleaved`` under ``torch.no_grad()``."""
+    import torch
 
+    from lightning_gbd.core.timing import time_interleaved as _timed
 
-def _once(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def time_interleaved(fns, *, rounds=5, sample_ms=60.0, budget_s=30.0, min_rounds=3, warmup=1,
-                     clock=time.perf_counter):
-    """Median time (ms) per call of each function in ``fns`` (dict name -> callable), timed
-    round-robin (``clock=time.thread_time`` with 1 thread: CPU time of the calling thread, which
-    does not count time spent preempted by other processes).  Returns {name: {"ms": median, "min_ms": best round, "samples": [...], "inner": k}}."""
-    import torch  # noqa: PLC0415
-
-    names = list(fns)
-    inner, est = {}, {}
     with torch.no_grad():
-        for n in names:
-            for _ in range(warmup):
-                fns[n]()
-            dt = min(_once(fns[n]) for _ in range(2 if _once(fns[n]) < 0.5 else 1))
-            est[n] = dt
-            inner[n] = int(min(max(round(sample_ms / 1e3 / max(dt, 1e-6)), 1), 500))
-        per_round = sum(inner[n] * est[n] for n in names) + 0.02 * len(names)
-        r = int(max(min_rounds, min(rounds, budget_s // max(per_round, 1e-6))))
-        samples = {n: [] for n in names}
-        for _ in range(r):
-            for n in names:
-                f, k = fns[n], inner[n]
-                t0 = clock()
-                for _ in range(k):
-                    f()
-                samples[n].append((clock() - t0) / k * 1e3)
-                time.sleep(0.01)  # let spinning pool threads of the other runtime go idle
-    return {n: {"ms": float(np.median(samples[n])), "min_ms": float(np.min(samples[n])), "samples": [round(s, 4) for s in samples[n]],
-                "inner": inner[n]} for n in names}
+        return _timed(fns, **kwargs)
 
 
 def torch_isolated(spec, processes=2):
@@ -145,14 +117,19 @@ def torch_isolated(spec, processes=2):
     that never load TVM (in a process that ran TVM kernels PyTorch's 2-thread convs ran slower:
     ``benchmarks/interference.py``); per variant the process with the lower median wins, which
     can only favour PyTorch."""
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TVM_")}
     env["OMP_NUM_THREADS"] = str(spec.get("threads", 2))
     best = {}
     for _ in range(processes):
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "torch_isolated.py"), json.dumps(spec)],
-                           capture_output=True, text=True, env=env, cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, "-m", "benchmarks.torch_isolated", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"torch_isolated.py failed: {r.stderr.strip().splitlines()[-1:]}")
         res = json.loads(r.stdout.strip().splitlines()[-1])

@@ -1,19 +1,19 @@
 """Per-layer CPU speed of the GBD gather-GEMM conv (paper 000 section 3, Fig. 2).
 
 Usage:
-    .venv/bin/python benchmarks/conv_speed.py            # --quick (default): 4 shapes, 3 densities
-    .venv/bin/python benchmarks/conv_speed.py --full     # 8 shapes x 6 densities x batch 1, 32
+    .venv/bin/python -m benchmarks.conv_speed            # --quick (default): 4 shapes, 3 densities
+    .venv/bin/python -m benchmarks.conv_speed --full     # 8 shapes x 6 densities x batch 1, 32
 
 For each layer shape, density tau (random GBD groups W[:, s, i, j] zeroed) and batch, times
   (a) PyTorch eager dense nn.Conv2d (oneDNN),
   (b) the TVM dense conv: the kernel library's im2col GEMM on the full weight, i.e. exactly what
-      export_model(sparse=False) emits (tvm_passes.group_sparse_conv.dense_conv_kernel),
+      export_model(sparse=False) emits (conv2d_gather_gemm(dense=True)),
   (c) the TVM gather-GEMM conv on the sparse weight (conv2d_gather_gemm),
 round-robin in one process (median of rounds; see benchmarks/common.py), and reports
 speed-up c/a, c/b and efficiency = speed-up / (1/tau).  (a) and (b) do not depend on tau and are
 timed once per shape x batch, interleaved with all densities' (c).
 
-Also times low-rank PCA decompositions (lightning_gbd.lowrank.pca_decompose, ranks T/4, T/2):
+Also times low-rank PCA decompositions (lightning_gbd.core.lowrank.pca_decompose, ranks T/4, T/2):
 the kxk basis conv + 1x1 conv, both compiled through the kernel library, vs PyTorch's dense conv
 and vs the theoretical FLOP reduction (decomposed_flops).
 
@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 SHAPES = [  # name, C, T, k, pad, H
     ("alexnet.conv2 64->192 5x5 27", 64, 192, 5, 2, 27),
@@ -61,12 +59,16 @@ def parse():
     ap.add_argument("--skip-b32", default="", help="substring: shapes skipped at batch 32")
     ap.add_argument("--no-lowrank", action="store_true")
     ap.add_argument("--lowrank-only", action="store_true", help="only the low-rank decomposition part")
-    ap.add_argument("--cpu-time", action="store_true",
-                    help="with --threads 1: time by the calling thread's CPU time (robust on an "
-                         "oversubscribed machine; TVM and PyTorch both run inline at 1 thread)")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="with --threads 1: time by the calling thread's CPU time (robust on an "
+        "oversubscribed machine; TVM and PyTorch both run inline at 1 thread)",
+    )
     ap.add_argument("--out", default=os.path.join(common.RESULTS, "conv_speed.json"))
-    ap.add_argument("--replot", action="store_true",
-                    help="no timing: re-print the targets and redraw the .png from the --out json")
+    ap.add_argument(
+        "--replot", action="store_true", help="no timing: re-print the targets and redraw the .png from the --out json"
+    )
     return ap.parse_args()
 
 
@@ -126,8 +128,24 @@ def run_shape(spec, N, densities, tgt, rounds, budget):
         errs[d] = float(np.abs(out.numpy() - ref).max() / max(np.abs(ref).max(), 1e-30))
         fns[f"gg{d}"] = fn
     res = common.time_interleaved(fns, rounds=rounds, budget_s=budget, sample_ms=30.0, clock=_clock())
-    res.update(common.torch_isolated(dict(kind="conv", C=C, T=T, k=k, pad=pad, H=H, batch=N, threads=ARGS.threads,
-                                          rounds=rounds, budget_s=budget, sample_ms=30.0, cpu_time=ARGS.cpu_time)))
+    res.update(
+        common.torch_isolated(
+            dict(
+                kind="conv",
+                C=C,
+                T=T,
+                k=k,
+                pad=pad,
+                H=H,
+                batch=N,
+                threads=ARGS.threads,
+                rounds=rounds,
+                budget_s=budget,
+                sample_ms=30.0,
+                cpu_time=ARGS.cpu_time,
+            )
+        )
+    )
     fd = 2.0 * N * OH * OH * T * C * k * k
     rows = []
     ta, tb = res["torch"]["ms"], res["tvm_dense"]["ms"]
@@ -136,21 +154,51 @@ def run_shape(spec, N, densities, tgt, rounds, budget):
     for d in densities:
         tc = res[f"gg{d}"]["ms"]
         tau = taus[d]
-        rows.append(dict(
-            shape=name, C=C, T=T, k=k, pad=pad, H=H, batch=N, density=d, tau=tau,
-            torch_ms=ta, torch_1thread_ms=ta1, torch_best_ms=tbest, tvm_dense_ms=tb, gather_ms=tc,
-            speedup_vs_torch=ta / tc, speedup_vs_torch_best=tbest / tc, eff_vs_torch_best=tbest / tc * tau, speedup_vs_tvm_dense=tb / tc, ideal=1.0 / tau,
-            eff_vs_torch=ta / tc * tau, eff_vs_tvm_dense=tb / tc * tau,
-            gflops_dense_torch=fd / ta / 1e6, gflops_dense_tvm=fd / tb / 1e6,
-            gflops_useful_gather=fd * tau / tc / 1e6, rel_err=errs[d],
-            min_ms={"torch": res["torch"]["min_ms"], "torch1": res["torch1"]["min_ms"],
-                    "tvm_dense": res["tvm_dense"]["min_ms"], "gather": res[f"gg{d}"]["min_ms"]},
-            min_speedup_vs_torch=res["torch"]["min_ms"] / res[f"gg{d}"]["min_ms"],
-            min_speedup_vs_torch_best=min(res["torch"]["min_ms"], res["torch1"]["min_ms"]) / res[f"gg{d}"]["min_ms"],
-            min_speedup_vs_tvm_dense=res["tvm_dense"]["min_ms"] / res[f"gg{d}"]["min_ms"],
-            samples={"torch": res["torch"]["samples"], "torch1": res["torch1"]["samples"], "tvm_dense": res["tvm_dense"]["samples"],
-                     "gather": res[f"gg{d}"]["samples"]},
-        ))
+        rows.append(
+            dict(
+                shape=name,
+                C=C,
+                T=T,
+                k=k,
+                pad=pad,
+                H=H,
+                batch=N,
+                density=d,
+                tau=tau,
+                torch_ms=ta,
+                torch_1thread_ms=ta1,
+                torch_best_ms=tbest,
+                tvm_dense_ms=tb,
+                gather_ms=tc,
+                speedup_vs_torch=ta / tc,
+                speedup_vs_torch_best=tbest / tc,
+                eff_vs_torch_best=tbest / tc * tau,
+                speedup_vs_tvm_dense=tb / tc,
+                ideal=1.0 / tau,
+                eff_vs_torch=ta / tc * tau,
+                eff_vs_tvm_dense=tb / tc * tau,
+                gflops_dense_torch=fd / ta / 1e6,
+                gflops_dense_tvm=fd / tb / 1e6,
+                gflops_useful_gather=fd * tau / tc / 1e6,
+                rel_err=errs[d],
+                min_ms={
+                    "torch": res["torch"]["min_ms"],
+                    "torch1": res["torch1"]["min_ms"],
+                    "tvm_dense": res["tvm_dense"]["min_ms"],
+                    "gather": res[f"gg{d}"]["min_ms"],
+                },
+                min_speedup_vs_torch=res["torch"]["min_ms"] / res[f"gg{d}"]["min_ms"],
+                min_speedup_vs_torch_best=min(res["torch"]["min_ms"], res["torch1"]["min_ms"])
+                / res[f"gg{d}"]["min_ms"],
+                min_speedup_vs_tvm_dense=res["tvm_dense"]["min_ms"] / res[f"gg{d}"]["min_ms"],
+                samples={
+                    "torch": res["torch"]["samples"],
+                    "torch1": res["torch1"]["samples"],
+                    "tvm_dense": res["tvm_dense"]["samples"],
+                    "gather": res[f"gg{d}"]["samples"],
+                },
+            )
+        )
     return rows
 
 
@@ -158,7 +206,7 @@ def run_lowrank(spec, N, tgt, rounds, budget):
     import torch
     import tvm
 
-    from lightning_gbd.lowrank import decomposed_flops, pca_decompose
+    from lightning_gbd.core.lowrank import decomposed_flops, pca_decompose
     from tvm_passes import group_sparse_conv as gsc
 
     name, C, T, k, pad, H = spec
@@ -210,23 +258,51 @@ def run_lowrank(spec, N, tgt, rounds, budget):
         fns[f"tvm_{frac}"] = dec
         info[frac] = dict(rank=rank, flops=decomposed_flops(seq, x.shape), pca_rel_err=relerr, kernel_rel_err=err)
     res = common.time_interleaved(fns, rounds=rounds, budget_s=budget, clock=_clock())
-    res.update(common.torch_isolated(dict(kind="lowrank", C=C, T=T, k=k, pad=pad, H=H, batch=N, threads=ARGS.threads,
-                                          rounds=rounds, budget_s=budget, cpu_time=ARGS.cpu_time)))
+    res.update(
+        common.torch_isolated(
+            dict(
+                kind="lowrank",
+                C=C,
+                T=T,
+                k=k,
+                pad=pad,
+                H=H,
+                batch=N,
+                threads=ARGS.threads,
+                rounds=rounds,
+                budget_s=budget,
+                cpu_time=ARGS.cpu_time,
+            )
+        )
+    )
     rows = []
     for frac, inf in info.items():
         ta, tb = res["torch"]["ms"], res["tvm_dense"]["ms"]
         ta1 = res["torch1"]["ms"]
         tv, tpd = res[f"tvm_{frac}"]["ms"], res[f"torch_{frac}"]["ms"]
-        rows.append(dict(
-            shape=name, batch=N, rank=inf["rank"], rank_rule=frac,
-            flops_dense=flops0 * N, flops_decomposed=inf["flops"] * N,
-            theoretical_speedup=flops0 / inf["flops"],
-            torch_dense_ms=ta, torch_dense_1thread_ms=ta1, speedup_vs_torch_best=min(ta, ta1) / tv,
-            tvm_dense_ms=tb, tvm_decomposed_ms=tv, torch_decomposed_ms=tpd,
-            speedup_vs_torch=ta / tv, speedup_vs_tvm_dense=tb / tv, torch_decomposed_speedup=ta / tpd,
-            eff_vs_torch=ta / tv / (flops0 / inf["flops"]),
-            pca_rel_err=inf["pca_rel_err"], kernel_rel_err=inf["kernel_rel_err"],
-        ))
+        rows.append(
+            dict(
+                shape=name,
+                batch=N,
+                rank=inf["rank"],
+                rank_rule=frac,
+                flops_dense=flops0 * N,
+                flops_decomposed=inf["flops"] * N,
+                theoretical_speedup=flops0 / inf["flops"],
+                torch_dense_ms=ta,
+                torch_dense_1thread_ms=ta1,
+                speedup_vs_torch_best=min(ta, ta1) / tv,
+                tvm_dense_ms=tb,
+                tvm_decomposed_ms=tv,
+                torch_decomposed_ms=tpd,
+                speedup_vs_torch=ta / tv,
+                speedup_vs_tvm_dense=tb / tv,
+                torch_decomposed_speedup=ta / tpd,
+                eff_vs_torch=ta / tv / (flops0 / inf["flops"]),
+                pca_rel_err=inf["pca_rel_err"],
+                kernel_rel_err=inf["kernel_rel_err"],
+            )
+        )
     return rows
 
 
@@ -240,17 +316,16 @@ def plot(rows, path, title="CPU 2 threads, wall clock"):
     fig, axes = plt.subplots(2, len(batches), figsize=(5.2 * len(batches), 9), squeeze=False)
     taus = np.linspace(0.04, 1.0, 100)
     for j, bsz in enumerate(batches):
-        for i, (key, lbl) in enumerate((("speedup_vs_torch", "vs PyTorch eager dense (a)"),
-                                        ("speedup_vs_tvm_dense", "vs TVM dense im2col (b)"))):
+        for i, (key, lbl) in enumerate(
+            (("speedup_vs_torch", "vs PyTorch eager dense (a)"), ("speedup_vs_tvm_dense", "vs TVM dense im2col (b)"))
+        ):
             ax = axes[i, j]
             ax.plot(taus, 1.0 / taus, "k--", lw=1, label="1/tau (ideal)")
             ax.axhline(1.0, color="gray", lw=0.6)
             for ci, shape in enumerate(s[0] for s in SHAPES):
-                rs = sorted((r for r in rows if r["shape"] == shape and r["batch"] == bsz),
-                            key=lambda r: r["tau"])
+                rs = sorted((r for r in rows if r["shape"] == shape and r["batch"] == bsz), key=lambda r: r["tau"])
                 if rs:
-                    ax.plot([r["tau"] for r in rs], [r[key] for r in rs], "o-", ms=3, label=shape,
-                            color=f"C{ci}")
+                    ax.plot([r["tau"] for r in rs], [r[key] for r in rs], "o-", ms=3, label=shape, color=f"C{ci}")
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("density tau (fraction of GBD groups kept)")
@@ -271,10 +346,20 @@ def targets(rows):
         ("(c)/(b) >= 0.8/tau, batch 32", 32, (0.5, 0.3, 0.2, 0.1), "eff_vs_tvm_dense", 0.8),
         ("(c)/(a) >= 0.6/tau, batch 32", 32, (0.3, 0.2, 0.1), "eff_vs_torch", 0.6),
         ("(c)/(a) >= 0.4/tau, batch 1", 1, (0.3, 0.2, 0.1), "eff_vs_torch", 0.4),
-        ("(c)/(a*) >= 0.6/tau, batch 32, a* = best of torch 2-thread/1-thread", 32, (0.3, 0.2, 0.1),
-         "eff_vs_torch_best", 0.6),
-        ("(c)/(a*) >= 0.4/tau, batch 1, a* = best of torch 2-thread/1-thread", 1, (0.3, 0.2, 0.1),
-         "eff_vs_torch_best", 0.4),
+        (
+            "(c)/(a*) >= 0.6/tau, batch 32, a* = best of torch 2-thread/1-thread",
+            32,
+            (0.3, 0.2, 0.1),
+            "eff_vs_torch_best",
+            0.6,
+        ),
+        (
+            "(c)/(a*) >= 0.4/tau, batch 1, a* = best of torch 2-thread/1-thread",
+            1,
+            (0.3, 0.2, 0.1),
+            "eff_vs_torch_best",
+            0.4,
+        ),
     ]
     for lbl, bsz, dens, key, thr in checks:
         rs = [r for r in rows if r["batch"] == bsz and r["density"] in dens]
@@ -282,14 +367,18 @@ def targets(rows):
             continue
         ok = [r for r in rs if r[key] >= thr]
         worst = min(rs, key=lambda r: r[key])
-        out.append(f"{lbl}: {len(ok)}/{len(rs)} cases met; worst eff {worst[key]:.2f} "
-                   f"({worst['shape']}, tau {worst['density']}); median eff "
-                   f"{float(np.median([r[key] for r in rs])):.2f}")
+        out.append(
+            f"{lbl}: {len(ok)}/{len(rs)} cases met; worst eff {worst[key]:.2f} "
+            f"({worst['shape']}, tau {worst['density']}); median eff "
+            f"{float(np.median([r[key] for r in rs])):.2f}"
+        )
         for d in dens:
             rd = [r for r in rs if r["density"] == d]
             if rd:
-                out.append(f"    tau {d}: met {sum(r[key] >= thr for r in rd)}/{len(rd)}, eff min "
-                           f"{min(r[key] for r in rd):.2f} median {float(np.median([r[key] for r in rd])):.2f}")
+                out.append(
+                    f"    tau {d}: met {sum(r[key] >= thr for r in rd)}/{len(rd)}, eff min "
+                    f"{min(r[key] for r in rd):.2f} median {float(np.median([r[key] for r in rd])):.2f}"
+                )
     return out
 
 
@@ -303,8 +392,11 @@ def replot():
         print(line)
     d["targets"] = tl
     common.write_json(ARGS.out, d)
-    plot(d["rows"], os.path.splitext(ARGS.out)[0] + ".png",
-         f"CPU {d.get('threads', 2)} thread(s), {d.get('clock', 'wall')}")
+    plot(
+        d["rows"],
+        os.path.splitext(ARGS.out)[0] + ".png",
+        f"CPU {d.get('threads', 2)} thread(s), {d.get('clock', 'wall')}",
+    )
 
 
 def main():
@@ -326,20 +418,33 @@ def main():
     rounds = ARGS.rounds or (9 if full else 3)
     budget = ARGS.budget or (20.0 if full else 8.0)
     t_start = time.time()
-    head = dict(mode="full" if full else "quick", threads=ARGS.threads,
-                clock="thread CPU time" if ARGS.cpu_time else "wall", target=str(tgt),
-                torch=torch.__version__, tvm=tvm.__version__, uptime_start=common.uptime_line(),
-                TVM_BIND_THREADS=os.environ.get("TVM_BIND_THREADS"), rounds=rounds, budget_s=budget,
-                timing="median over round-robin rounds of mean-of-inner-calls; (a),(b) shared per shape x batch")
-    print(f"# conv_speed {head['mode']}: threads={ARGS.threads} torch={torch.__version__} tvm={tvm.__version__} "
-          f"target={tgt}\n# {head['uptime_start']}", flush=True)
-    hdr = (f"{'shape':<32}{'b':>3}{'tau':>6}{'(a)torch':>10}{'torch1t':>9}{'(b)tvmD':>10}{'(c)gath':>10}"
-           f"{'c/a':>7}{'c/a*':>7}{'c/b':>7}{'1/tau':>7}{'eff_a':>7}{'eff_a*':>7}{'eff_b':>7}{'GF/s(c)':>9}{'err':>9}")
+    head = dict(
+        mode="full" if full else "quick",
+        threads=ARGS.threads,
+        clock="thread CPU time" if ARGS.cpu_time else "wall",
+        target=str(tgt),
+        torch=torch.__version__,
+        tvm=tvm.__version__,
+        uptime_start=common.uptime_line(),
+        TVM_BIND_THREADS=os.environ.get("TVM_BIND_THREADS"),
+        rounds=rounds,
+        budget_s=budget,
+        timing="median over round-robin rounds of mean-of-inner-calls; (a),(b) shared per shape x batch",
+    )
+    print(
+        f"# conv_speed {head['mode']}: threads={ARGS.threads} torch={torch.__version__} tvm={tvm.__version__} "
+        f"target={tgt}\n# {head['uptime_start']}",
+        flush=True,
+    )
+    hdr = (
+        f"{'shape':<32}{'b':>3}{'tau':>6}{'(a)torch':>10}{'torch1t':>9}{'(b)tvmD':>10}{'(c)gath':>10}"
+        f"{'c/a':>7}{'c/a*':>7}{'c/b':>7}{'1/tau':>7}{'eff_a':>7}{'eff_a*':>7}{'eff_b':>7}{'GF/s(c)':>9}{'err':>9}"
+    )
     print(hdr, flush=True)
     rows = []
     ncases = sum(1 for b in batches for sp in shapes if not (b > 1 and ARGS.skip_b32 and ARGS.skip_b32 in sp[0]))
     bar = common.progress(ncases * ((0 if ARGS.lowrank_only else 1) + (0 if ARGS.no_lowrank else 1)), "conv_speed")
-    for bsz in ([] if ARGS.lowrank_only else batches):
+    for bsz in [] if ARGS.lowrank_only else batches:
         for spec in shapes:
             if bsz > 1 and ARGS.skip_b32 and ARGS.skip_b32 in spec[0]:
                 continue
@@ -349,19 +454,25 @@ def main():
             rs = run_shape(spec, bsz, densities, tgt, rounds, budget)
             for r in rs:
                 rows.append(r)
-                print(f"{r['shape']:<32}{bsz:>3}{r['tau']:>6.2f}{r['torch_ms']:>10.3f}{r['torch_1thread_ms']:>9.3f}"
-                      f"{r['tvm_dense_ms']:>10.3f}"
-                      f"{r['gather_ms']:>10.3f}{r['speedup_vs_torch']:>7.2f}{r['speedup_vs_torch_best']:>7.2f}"
-                      f"{r['speedup_vs_tvm_dense']:>7.2f}"
-                      f"{r['ideal']:>7.1f}{r['eff_vs_torch']:>7.2f}{r['eff_vs_torch_best']:>7.2f}{r['eff_vs_tvm_dense']:>7.2f}"
-                      f"{r['gflops_useful_gather']:>9.1f}{r['rel_err']:>9.1e}", flush=True)
+                print(
+                    f"{r['shape']:<32}{bsz:>3}{r['tau']:>6.2f}{r['torch_ms']:>10.3f}{r['torch_1thread_ms']:>9.3f}"
+                    f"{r['tvm_dense_ms']:>10.3f}"
+                    f"{r['gather_ms']:>10.3f}{r['speedup_vs_torch']:>7.2f}{r['speedup_vs_torch_best']:>7.2f}"
+                    f"{r['speedup_vs_tvm_dense']:>7.2f}"
+                    f"{r['ideal']:>7.1f}{r['eff_vs_torch']:>7.2f}{r['eff_vs_torch_best']:>7.2f}{r['eff_vs_tvm_dense']:>7.2f}"
+                    f"{r['gflops_useful_gather']:>9.1f}{r['rel_err']:>9.1e}",
+                    flush=True,
+                )
             print(f"#   ({time.time() - t0:.0f} s, load {common.loadavg()})", flush=True)
             common.write_json(ARGS.out, dict(head, rows=rows, lowrank=[]))
     low = []
     if not ARGS.no_lowrank:
         print("\n# low-rank PCA decomposition (kxk basis conv + 1x1 conv), both through the kernel library")
-        print(f"{'shape':<32}{'b':>3}{'rank':>6}{'FLOPx':>7}{'torchD':>10}{'tvmD':>10}{'tvmLR':>10}"
-              f"{'torchLR':>10}{'LR/a':>7}{'LR/a*':>7}{'LR/b':>7}{'torLR/a':>8}{'eff':>6}{'pcaerr':>8}", flush=True)
+        print(
+            f"{'shape':<32}{'b':>3}{'rank':>6}{'FLOPx':>7}{'torchD':>10}{'tvmD':>10}{'tvmLR':>10}"
+            f"{'torchLR':>10}{'LR/a':>7}{'LR/a*':>7}{'LR/b':>7}{'torLR/a':>8}{'eff':>6}{'pcaerr':>8}",
+            flush=True,
+        )
         lshapes = shapes if full else shapes[:2]
         for bsz in batches:
             for spec in lshapes:
@@ -371,11 +482,14 @@ def main():
                 bar.update()
                 for r in run_lowrank(spec, bsz, tgt, max(3, rounds - 2), budget):
                     low.append(r)
-                    print(f"{r['shape']:<32}{bsz:>3}{r['rank']:>6}{r['theoretical_speedup']:>7.2f}"
-                          f"{r['torch_dense_ms']:>10.3f}{r['tvm_dense_ms']:>10.3f}{r['tvm_decomposed_ms']:>10.3f}"
-                          f"{r['torch_decomposed_ms']:>10.3f}{r['speedup_vs_torch']:>7.2f}{r['speedup_vs_torch_best']:>7.2f}"
-                          f"{r['speedup_vs_tvm_dense']:>7.2f}{r['torch_decomposed_speedup']:>8.2f}"
-                          f"{r['eff_vs_torch']:>6.2f}{r['pca_rel_err']:>8.3f}", flush=True)
+                    print(
+                        f"{r['shape']:<32}{bsz:>3}{r['rank']:>6}{r['theoretical_speedup']:>7.2f}"
+                        f"{r['torch_dense_ms']:>10.3f}{r['tvm_dense_ms']:>10.3f}{r['tvm_decomposed_ms']:>10.3f}"
+                        f"{r['torch_decomposed_ms']:>10.3f}{r['speedup_vs_torch']:>7.2f}{r['speedup_vs_torch_best']:>7.2f}"
+                        f"{r['speedup_vs_tvm_dense']:>7.2f}{r['torch_decomposed_speedup']:>8.2f}"
+                        f"{r['eff_vs_torch']:>6.2f}{r['pca_rel_err']:>8.3f}",
+                        flush=True,
+                    )
                 common.write_json(ARGS.out, dict(head, rows=rows, lowrank=low))
     bar.close()
     print("\n# targets (issue 4), efficiency = speed-up * tau")

@@ -7,25 +7,24 @@ arm's convs (``LowRankDecomposition``), fine-tune briefly, and keep the largest 
 drop on the control split stays within the budget (0.5 point). The table reports, per layer,
 rank/N at that e, the average rank ratio, and the hold-out accuracy (never used for selection).
 
-    .venv/bin/python benchmarks/force_rank.py [--nets lenet resnet] [--out benchmarks/results]
+    .venv/bin/python -m benchmarks.force_rank [--nets lenet resnet] [--out benchmarks/results]
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 import json
 import re
-import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lightning_gbd import ForceRegularization, LowRankDecomposition  # noqa: E402
-from lightning_gbd.data import FashionMNISTDataModule  # noqa: E402
-from lightning_gbd.force import default_force_layers  # noqa: E402
-from lightning_gbd.models import ImageClassifier, LeNet5, SmallResNet, accuracy  # noqa: E402
+from lightning_gbd import ForceRegularization, LowRankDecomposition
+from lightning_gbd.app.data import FashionMNISTDataModule
+from lightning_gbd.app.models import ImageClassifier, LeNet5, SmallResNet, accuracy
+from lightning_gbd.core.force import default_force_layers
 
 NETS = {
     # name: (constructor, lr, force lambda, dense epochs, arm epochs, fine-tune epochs, fine-tune lr factor,
@@ -42,9 +41,19 @@ STOP_AFTER_MISSES = 2  # stop an arm's grid after this many consecutive e over t
 
 def fit(model, dm, epochs: float, callbacks=()):
     steps = int(epochs * len(dm.train_dataloader()))
-    t = Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, callbacks=list(callbacks), logger=False,
-                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                num_sanity_val_steps=0, limit_val_batches=0)
+    t = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        max_epochs=-1,
+        callbacks=list(callbacks),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     t.fit(model, dm)
 
 
@@ -72,18 +81,27 @@ def run_net(name: str, dm, budget: float, finetune: float | None) -> dict:
             ctrl, hold = accuracy(cand, control), accuracy(cand, holdout)
             rows = {n: {"rank": d["rank"], "filters": model.get_submodule(n).out_channels} for n, d in dec.done.items()}
             ratios = {n: r["rank"] / r["filters"] for n, r in rows.items()}
-            targets = (default_force_layers(model) if layers is None else
-                       {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
-                        and re.search(layers, n)})
+            targets = (
+                default_force_layers(model)
+                if layers is None
+                else {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and re.search(layers, n)}
+            )
             for n in targets:  # a layer not decomposed (no FLOP gain) keeps its full rank
                 ratios.setdefault(n, 1.0)
             avg = sum(ratios.values()) / len(ratios)
             drop = 100 * (base_ctrl - ctrl)
-            print(f"[{name}/{arm}] e={e:.2f}: avg rank ratio {avg:.3f}, control drop {drop:+.2f} pt, "
-                  f"hold-out {hold:.4f}", flush=True)
+            print(
+                f"[{name}/{arm}] e={e:.2f}: avg rank ratio {avg:.3f}, control drop {drop:+.2f} pt, hold-out {hold:.4f}",
+                flush=True,
+            )
             if drop <= budget:
-                best = {"error": e, "avg_rank_ratio": avg, "rank_ratio": ratios, "control_drop_points": drop,
-                        "holdout_accuracy": hold}
+                best = {
+                    "error": e,
+                    "avg_rank_ratio": avg,
+                    "rank_ratio": ratios,
+                    "control_drop_points": drop,
+                    "holdout_accuracy": hold,
+                }
                 misses = 0
             else:
                 misses += 1
@@ -95,6 +113,7 @@ def run_net(name: str, dm, budget: float, finetune: float | None) -> dict:
 
 def plot(results: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -103,8 +122,12 @@ def plot(results: dict, path: Path) -> None:
         arms = {k: v for k, v in r["arms"].items() if v}
         layers = sorted({n for v in arms.values() for n in v["rank_ratio"]})
         for i, (arm, v) in enumerate(arms.items()):
-            ax.bar([j + 0.4 * i for j in range(len(layers))], [v["rank_ratio"][n] for n in layers], 0.4,
-                   label=f"{arm} (e={v['error']}, avg {v['avg_rank_ratio']:.2f})")
+            ax.bar(
+                [j + 0.4 * i for j in range(len(layers))],
+                [v["rank_ratio"][n] for n in layers],
+                0.4,
+                label=f"{arm} (e={v['error']}, avg {v['avg_rank_ratio']:.2f})",
+            )
         ax.set_xticks([j + 0.2 for j in range(len(layers))], layers, rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("rank / N")
         ax.set_title(f"{name}: drop <= budget after fine-tuning")
@@ -117,8 +140,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--budget", type=float, default=0.5, help="max control accuracy drop in points")
-    p.add_argument("--finetune", type=float, default=None, help="fine-tuning epochs after decomposition "
-                   "(default: per network, see NETS)")
+    p.add_argument(
+        "--finetune",
+        type=float,
+        default=None,
+        help="fine-tuning epochs after decomposition (default: per network, see NETS)",
+    )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = p.parse_args()
     torch.set_num_threads(2)
@@ -140,7 +167,9 @@ def main() -> None:
                 print(f"{n:<8} {arm:<6} no e within the budget")
                 continue
             per = ", ".join(f"{k}={x:.2f}" for k, x in v["rank_ratio"].items())
-            print(f"{n:<8} {arm:<6} {v['error']:<5} {v['avg_rank_ratio']:>14.3f} {v['holdout_accuracy']:>13.4f}   {per}")
+            print(
+                f"{n:<8} {arm:<6} {v['error']:<5} {v['avg_rank_ratio']:>14.3f} {v['holdout_accuracy']:>13.4f}   {per}"
+            )
 
 
 if __name__ == "__main__":

@@ -5,20 +5,17 @@ AlexNet conv2 (64->192, 5x5, 27x27), batch 32: PyTorch alone in this process, th
 gather-GEMM kernel, then PyTorch again after the TVM pool has idled for 0 / 0.1 / 1 s; and
 PyTorch in fresh processes (``common.torch_isolated``).  Medians of 5 samples of 3 calls.
 
-    .venv/bin/python benchmarks/interference.py
+    .venv/bin/python -m benchmarks.interference
 """
+
 from __future__ import annotations
 
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import common  # noqa: E402
+import numpy as np
+import torch
 
-common.setup_env(2)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks import common
 
 C, T, K, PAD, H, N = 64, 192, 5, 2, 27, 32
 
@@ -28,6 +25,7 @@ def med(f, n=5):
 
 
 def main() -> None:
+    common.setup_env(2)
     x = torch.randn(N, C, H, H)
     conv = torch.nn.Conv2d(C, T, K, padding=PAD).eval()
 
@@ -48,20 +46,27 @@ def main() -> None:
     w = common.gbd_weight(T, C, K, K, 0.3)
     func, consts = conv2d_gather_gemm((N, C, H, H), w, padding=(PAD,) * 4, target=tg)
     lib = compile_kernel(func, tg)
-    args = [tvm.runtime.tensor(x.numpy())] + [tvm.runtime.tensor(c) for c in consts] + \
-        [tvm.runtime.tensor(np.zeros((N, T, H, H), np.float32))]
+    args = (
+        [tvm.runtime.tensor(x.numpy())]
+        + [tvm.runtime.tensor(c) for c in consts]
+        + [tvm.runtime.tensor(np.zeros((N, T, H, H), np.float32))]
+    )
     lib(*args)
     print(f"# {common.uptime_line()}")
     print(f"PyTorch conv, this process, before any TVM call: {before:8.2f} ms")
     for idle in (0.0, 0.1, 1.0):
+
         def after(idle=idle):
             lib(*args)
             time.sleep(idle)
             return t_torch()
+
         print(f"PyTorch conv, after a TVM kernel + {idle:.1f} s idle: {med(after):8.2f} ms")
     iso = common.torch_isolated(dict(kind="conv", C=C, T=T, k=K, pad=PAD, H=H, batch=N, threads=2), processes=3)
-    print(f"PyTorch conv, fresh processes (best of 3 medians): {iso['torch']['ms']:8.2f} ms "
-          f"(1 thread: {iso['torch1']['ms']:.2f} ms)")
+    print(
+        f"PyTorch conv, fresh processes (best of 3 medians): {iso['torch']['ms']:8.2f} ms "
+        f"(1 thread: {iso['torch1']['ms']:.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

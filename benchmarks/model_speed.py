@@ -1,10 +1,10 @@
 """Whole-model CPU speed: PyTorch eager dense vs TVM dense export vs TVM sparse (GBD) export.
 
 Usage:
-    .venv/bin/python benchmarks/model_speed.py                       # all models, batch 1 and 32
-    .venv/bin/python benchmarks/model_speed.py --models lenet5,resnet18 --batches 32
+    .venv/bin/python -m benchmarks.model_speed                       # all models, batch 1 and 32
+    .venv/bin/python -m benchmarks.model_speed --models lenet5,resnet18 --batches 32
 
-Models: LeNet-5 (lightning_gbd.models.LeNet5, 1x28x28), torchvision AlexNet, VGG-16, ResNet-18
+Models: LeNet-5 (lightning_gbd.app.models.LeNet5, 1x28x28), torchvision AlexNet, VGG-16, ResNet-18
 (weights=None, 3x224x224).  VGG-16 uses batch 8 instead of 32 (--vgg-batch): at batch 32 one
 dense forward is ~0.5 TFLOP, which on 2 shared cores makes the round-robin timing too slow.
 
@@ -29,13 +29,11 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 CACHE = os.path.join(common.RESULTS, ".cache")
 MODELS = ["lenet5", "resnet18", "alexnet", "vgg16"]
@@ -52,8 +50,9 @@ def parse():
     ap.add_argument("--budget", type=float, default=40.0, help="max seconds of timing per model x batch")
     ap.add_argument("--layer-runs", type=int, default=3)
     ap.add_argument("--rebuild", action="store_true")
-    ap.add_argument("--cpu-time", action="store_true",
-                    help="with --threads 1: time by the calling thread's CPU time (load-robust)")
+    ap.add_argument(
+        "--cpu-time", action="store_true", help="with --threads 1: time by the calling thread's CPU time (load-robust)"
+    )
     ap.add_argument("--report", action="store_true", help="no timing: print the tables of --out")
     ap.add_argument("--compile-only", action="store_true", help="only fill the export cache")
     ap.add_argument("--out", default=os.path.join(common.RESULTS, "model_speed.json"))
@@ -63,12 +62,15 @@ def parse():
 def make_model(name):
     import torchvision
 
-    from lightning_gbd.models import LeNet5
+    from lightning_gbd.app.models import LeNet5
 
     if name == "lenet5":
         return LeNet5(), (1, 28, 28)
-    fn = {"alexnet": torchvision.models.alexnet, "vgg16": torchvision.models.vgg16,
-          "resnet18": torchvision.models.resnet18}[name]
+    fn = {
+        "alexnet": torchvision.models.alexnet,
+        "vgg16": torchvision.models.vgg16,
+        "resnet18": torchvision.models.resnet18,
+    }[name]
     return fn(weights=None), (3, 224, 224)
 
 
@@ -77,8 +79,15 @@ def source_hash():
     base = os.path.join(common.ROOT, "tvm_passes")
     # the sources that decide the generated conv / linear code (not the importer / CLI, which
     # other work edits often; a change there that matters needs --rebuild)
-    for sub in ("kernels/cpu.py", "kernels/lowering.py", "kernels/te_defs.py", "kernels/gather_gemm.py",
-                "group_sparse_conv.py", "cost_model.py", "schedules.py"):
+    for sub in (
+        "kernels/cpu.py",
+        "kernels/lowering.py",
+        "kernels/te_defs.py",
+        "kernels/gather_gemm.py",
+        "group_sparse_conv.py",
+        "cost_model.py",
+        "schedules.py",
+    ):
         p = os.path.join(base, sub)
         if os.path.exists(p):
             h.update(open(p, "rb").read())
@@ -86,7 +95,7 @@ def source_hash():
 
 
 def export_cached(model, example, out_dir, sparse, rebuild, tag):
-    from tvm_passes.build import export_model
+    from tvm_passes.export import export_model
 
     stamp = os.path.join(out_dir, "bench_stamp.json")
     if not rebuild and os.path.exists(stamp) and os.path.exists(os.path.join(out_dir, "manifest.json")):
@@ -128,7 +137,7 @@ def tvm_layer_times(cm, x_tvm, runs):
     for name, ts in per.items():
         # a kernel called several times per forward: ts holds runs * calls entries
         k = max(1, len(ts) // runs)
-        tot = [sum(ts[i * k:(i + 1) * k]) for i in range(runs)]
+        tot = [sum(ts[i * k : (i + 1) * k]) for i in range(runs)]
         out[name] = float(np.median(tot))
     return out
 
@@ -140,8 +149,11 @@ def torch_layer_times(model, x, runs):
     for name, m in model.named_modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             hs.append(m.register_forward_pre_hook(lambda mod, i, n=name: st.__setitem__(n, time.perf_counter())))
-            hs.append(m.register_forward_hook(
-                lambda mod, i, o, n=name: per.setdefault(n, []).append((time.perf_counter() - st[n]) * 1e3)))
+            hs.append(
+                m.register_forward_hook(
+                    lambda mod, i, o, n=name: per.setdefault(n, []).append((time.perf_counter() - st[n]) * 1e3)
+                )
+            )
     with torch.no_grad():
         for _ in range(runs):
             model(x)
@@ -152,10 +164,10 @@ def torch_layer_times(model, x, runs):
 
 def run_model(name, bsz, densities, args, tag, log):
     import torch
-
-    from tvm_passes.runtime import load
-    from benchmarks.common import apply_gbd_
     import tvm
+
+    from benchmarks.common import apply_gbd_
+    from tvm_passes.artifact import load
 
     torch.manual_seed(0)
     model, in_shape = make_model(name)
@@ -178,16 +190,26 @@ def run_model(name, bsz, densities, args, tag, log):
             with open(os.path.join(out_dir, "verification.json")) as f:
                 ver = json.load(f)
         tot = man["totals"]
-        info[vname] = dict(compile_s=cs, cached=hit, flops_dense=tot["flops_dense"],
-                           flops_executed=tot["flops_executed"], flops_ratio=tot["flops_ratio"],
-                           gather_gemm_convs=tot["gather_gemm"], dense_convs=tot["dense"],
-                           verify_rel_err=ver.get("max_relative_error"), verified=ver.get("passed"),
-                           convs=[{k: r.get(k) for k in ("name", "kernel", "decision", "density",
-                                                          "flops_dense", "flops_executed")}
-                                  for r in man["convs"]])
-        log(f"#   {name} b{bsz} {vname}: {'cached' if hit else 'compiled'} ({cs} s), "
+        info[vname] = dict(
+            compile_s=cs,
+            cached=hit,
+            flops_dense=tot["flops_dense"],
+            flops_executed=tot["flops_executed"],
+            flops_ratio=tot["flops_ratio"],
+            gather_gemm_convs=tot["gather_gemm"],
+            dense_convs=tot["dense"],
+            verify_rel_err=ver.get("max_relative_error"),
+            verified=ver.get("passed"),
+            convs=[
+                {k: r.get(k) for k in ("name", "kernel", "decision", "density", "flops_dense", "flops_executed")}
+                for r in man["convs"]
+            ],
+        )
+        log(
+            f"#   {name} b{bsz} {vname}: {'cached' if hit else 'compiled'} ({cs} s), "
             f"{tot['gather_gemm']} gather / {tot['dense']} dense convs, FLOP ratio {tot['flops_ratio']:.3f}, "
-            f"verify err {ver.get('max_relative_error')}")
+            f"verify err {ver.get('max_relative_error')}"
+        )
         if not args.compile_only:
             cms[vname] = load(out_dir)
     if args.compile_only:
@@ -195,19 +217,40 @@ def run_model(name, bsz, densities, args, tag, log):
     x_tvm = tvm.runtime.tensor(x.numpy(), tvm.cpu())
     fns = {}  # PyTorch is timed in fresh processes without TVM (common.torch_isolated)
     for vname, cm in cms.items():
-        fns[vname] = (lambda cm=cm: cm.run_tvm(x_tvm))
-    res = common.time_interleaved(fns, rounds=args.rounds, budget_s=args.budget, sample_ms=100.0,
-                                  clock=time.thread_time if args.cpu_time else time.perf_counter)
-    iso = common.torch_isolated(dict(kind="model", name=name, batch=bsz, threads=args.threads, rounds=args.rounds,
-                                     budget_s=args.budget, sample_ms=100.0, cpu_time=args.cpu_time,
-                                     layer_runs=args.layer_runs))
+        fns[vname] = lambda cm=cm: cm.run_tvm(x_tvm)
+    res = common.time_interleaved(
+        fns,
+        rounds=args.rounds,
+        budget_s=args.budget,
+        sample_ms=100.0,
+        clock=time.thread_time if args.cpu_time else time.perf_counter,
+    )
+    iso = common.torch_isolated(
+        dict(
+            kind="model",
+            name=name,
+            batch=bsz,
+            threads=args.threads,
+            rounds=args.rounds,
+            budget_s=args.budget,
+            sample_ms=100.0,
+            cpu_time=args.cpu_time,
+            layer_runs=args.layer_runs,
+        )
+    )
     layers = {"torch": iso.pop("layers")}
     res.update(iso)
     for vname, cm in cms.items():
         layers[vname] = tvm_layer_times(cm, x_tvm, args.layer_runs)
-    row = dict(model=name, batch=bsz, input=[bsz, *in_shape],
-               times_ms={k: v["ms"] for k, v in res.items()},
-               samples={k: v["samples"] for k, v in res.items()}, variants=info, layers_ms=layers)
+    row = dict(
+        model=name,
+        batch=bsz,
+        input=[bsz, *in_shape],
+        times_ms={k: v["ms"] for k, v in res.items()},
+        samples={k: v["samples"] for k, v in res.items()},
+        variants=info,
+        layers_ms=layers,
+    )
     t = row["times_ms"]
     row["min_ms"] = {k: v["min_ms"] for k, v in res.items()}
     t["torch_best"] = min(t["torch"], t["torch1"])
@@ -252,7 +295,9 @@ def layer_table(row):
         tot = sum(lay[v].values())
         cv = sum(t for k, t in lay[v].items() if k in conv_k)
         lin = sum(t for k, t in lay[v].items() if k.startswith("gbd_linear"))
-        lines.append(f"    {v}: instrumented total {tot:.2f} ms = convs {cv:.2f} + linear {lin:.2f} + other {tot - cv - lin:.2f}")
+        lines.append(
+            f"    {v}: instrumented total {tot:.2f} ms = convs {cv:.2f} + linear {lin:.2f} + other {tot - cv - lin:.2f}"
+        )
     tconv = sum(t for k, t in lay["torch"].items())
     lines.append(f"    torch: convs+linears (hooks) {tconv:.2f} ms of {row['times_ms']['torch']:.2f} ms")
     return lines
@@ -279,25 +324,37 @@ def main():
     tag = source_hash()
     densities = [float(d) for d in args.densities.split(",")]
     t_start = time.time()
-    head = dict(threads=args.threads, torch=torch.__version__, tvm=tvm.__version__,
-                uptime_start=common.uptime_line(), source_hash=tag,
-                clock="thread CPU time" if args.cpu_time else "wall", vgg_batch_instead_of_32=args.vgg_batch,
-                timing="median over round-robin rounds; per-layer: instrumented forwards (median)")
+    head = dict(
+        threads=args.threads,
+        torch=torch.__version__,
+        tvm=tvm.__version__,
+        uptime_start=common.uptime_line(),
+        source_hash=tag,
+        clock="thread CPU time" if args.cpu_time else "wall",
+        vgg_batch_instead_of_32=args.vgg_batch,
+        timing="median over round-robin rounds; per-layer: instrumented forwards (median)",
+    )
     rows = []
     if os.path.exists(args.out):  # keep rows of models not re-run
         try:
             with open(args.out) as f:
                 rows = json.load(f).get("rows", [])
-        except Exception:  # noqa: BLE001
+        except Exception:
             rows = []
 
     def log(s):
         print(s, flush=True)
 
-    log(f"# model_speed: threads={args.threads} torch={torch.__version__} tvm={tvm.__version__}\n# {head['uptime_start']}")
-    hdr = f"{'model':<10}{'b':>4}{'torch ms':>11}{'torch1t':>10}{'tvmD ms':>11}" + "".join(
-        f"{'s' + str(d) + ' ms':>11}" for d in densities) + f"{'tvmD/a':>8}" + "".join(
-        f"{'s' + str(d) + '/a':>8}{'s' + str(d) + '/a*':>9}{'s' + str(d) + '/b':>8}" for d in densities)
+    log(
+        f"# model_speed: threads={args.threads} torch={torch.__version__} tvm={tvm.__version__}\n"
+        f"# {head['uptime_start']}"
+    )
+    hdr = (
+        f"{'model':<10}{'b':>4}{'torch ms':>11}{'torch1t':>10}{'tvmD ms':>11}"
+        + "".join(f"{'s' + str(d) + ' ms':>11}" for d in densities)
+        + f"{'tvmD/a':>8}"
+        + "".join(f"{'s' + str(d) + '/a':>8}{'s' + str(d) + '/a*':>9}{'s' + str(d) + '/b':>8}" for d in densities)
+    )
     tables = []
     bar = common.progress(len(args.models.split(",")) * len(args.batches.split(",")), "model_speed")
     for name in args.models.split(","):
@@ -312,10 +369,16 @@ def main():
             row["load_after"] = common.loadavg()
             rows = [r for r in rows if not (r["model"] == name and r["batch"] == bsz)] + [row]
             t = row["times_ms"]
-            line = f"{name:<10}{bsz:>4}{t['torch']:>11.2f}{t['torch1']:>10.2f}{t['tvm_dense']:>11.2f}" + "".join(
-                f"{t[f'tvm_s{d}']:>11.2f}" for d in densities) + f"{row['speedup']['tvm_dense']:>8.2f}" + "".join(
-                f"{row['speedup'][f'tvm_s{d}']:>8.2f}{row['speedup_vs_torch_best'][f'tvm_s{d}']:>9.2f}"
-                f"{row['speedup_vs_tvm_dense'][f'tvm_s{d}']:>8.2f}" for d in densities)
+            line = (
+                f"{name:<10}{bsz:>4}{t['torch']:>11.2f}{t['torch1']:>10.2f}{t['tvm_dense']:>11.2f}"
+                + "".join(f"{t[f'tvm_s{d}']:>11.2f}" for d in densities)
+                + f"{row['speedup']['tvm_dense']:>8.2f}"
+                + "".join(
+                    f"{row['speedup'][f'tvm_s{d}']:>8.2f}{row['speedup_vs_torch_best'][f'tvm_s{d}']:>9.2f}"
+                    f"{row['speedup_vs_tvm_dense'][f'tvm_s{d}']:>8.2f}"
+                    for d in densities
+                )
+            )
             tables.append(line)
             log(hdr)
             log(line + f"   ({time.time() - t0:.0f} s, load {row['load_after']})")
@@ -323,18 +386,26 @@ def main():
                 log(ln)
             common.write_json(args.out, dict(head, rows=rows))
     bar.close()
-    log("\n# summary (a = PyTorch eager dense 2 threads, a* = best of PyTorch 2-thread / 1-thread, "
-        "b = TVM dense export; x/a = speed-up over a)")
+    log(
+        "\n# summary (a = PyTorch eager dense 2 threads, a* = best of PyTorch 2-thread / 1-thread, "
+        "b = TVM dense export; x/a = speed-up over a)"
+    )
     log(hdr)
     for ln in tables:
         log(ln)
     log("\n# target: whole model at density 0.3 >= 2x faster than PyTorch eager dense at batch 32 (VGG-16: 8)")
     tl = []
     for r in rows:
-        if r["batch"] in (32, args.vgg_batch) and "tvm_s0.3" in r["speedup"] and not (r["model"] != "vgg16" and r["batch"] != 32):
+        if (
+            r["batch"] in (32, args.vgg_batch)
+            and "tvm_s0.3" in r["speedup"]
+            and not (r["model"] != "vgg16" and r["batch"] != 32)
+        ):
             a, ab = r["speedup"]["tvm_s0.3"], r["speedup_vs_torch_best"]["tvm_s0.3"]
-            tl.append(f"{r['model']} b{r['batch']}: vs a {a:.2f}x ({'met' if a >= 2 else 'MISSED'}), "
-                      f"vs a* {ab:.2f}x ({'met' if ab >= 2 else 'MISSED'})")
+            tl.append(
+                f"{r['model']} b{r['batch']}: vs a {a:.2f}x ({'met' if a >= 2 else 'MISSED'}), "
+                f"vs a* {ab:.2f}x ({'met' if ab >= 2 else 'MISSED'})"
+            )
     for ln in tl:
         log(ln)
     head["targets"] = tl

@@ -1,7 +1,7 @@
-"""Issue 6, acceptance 2: the Fashion-MNIST recipes end to end, as a user runs them.
+"""The Fashion-MNIST recipes end to end, as a user runs them.
 
-For each recipe: ``gbd fit --config RECIPE`` -> ``gbd-export <run>/checkpoints/last.ckpt --config
-<run>/config.yaml`` -> the compiled artifact scored on the whole hold-out split.  Prints and writes
+For each recipe: ``gbd fit --config RECIPE`` -> ``gbd-export <run>`` (the run directory holds
+``model.pt2``) -> the compiled artifact scored on the whole hold-out split.  Prints and writes
 (``<root>/fmnist_recipes.json``) per recipe: FLOP-weighted conv density, PyTorch hold-out accuracy
 at the end of the fit (and after the dense warm-up where the recipe has one), the compiled
 artifact's hold-out accuracy, verification error and executed-FLOP ratio.
@@ -11,6 +11,7 @@ artifact's hold-out accuracy, verification error and executed-FLOP ratio.
 ``--reuse`` skips the fit of a recipe whose run folder already holds a ``last.ckpt``.  About 25 min
 of CPU on 2 cores (LeNet-5 ~8 min, the small ResNet ~15 min).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ def run(cmd: list[str]) -> None:
 
 
 def last_run(root: Path) -> Path | None:
-    runs = sorted(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    return runs[-1].parents[1] if runs else None
+    runs = sorted(root.glob("lightning_logs/version_*/model.pt2"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
 
 
 def main() -> None:
@@ -39,12 +40,11 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=ROOT / "runs" / "fmnist_recipes")
     p.add_argument("--reuse", action="store_true")
     a = p.parse_args()
-    sys.path.insert(0, str(ROOT))
     import torch
 
-    from lightning_gbd.data import FashionMNISTDataModule
-    from lightning_gbd.models import accuracy
-    from lightning_gbd.report import flop_weighted_density
+    from lightning_gbd.app.data import FashionMNISTDataModule
+    from lightning_gbd.app.models import accuracy
+    from lightning_gbd.training.report import flop_weighted_density
     from tvm_passes import load
 
     bin_dir = Path(sys.executable).parent
@@ -55,12 +55,21 @@ def main() -> None:
         out = a.root / name
         run_dir = last_run(out) if a.reuse else None
         if run_dir is None:
-            run([str(bin_dir / "gbd"), "fit", "--config", f"recipes/{name}.yaml", "--trainer.default_root_dir",
-                 str(out), "--trainer.enable_progress_bar", "false"])
+            run(
+                [
+                    str(bin_dir / "gbd"),
+                    "fit",
+                    "--config",
+                    f"recipes/{name}.yaml",
+                    "--trainer.default_root_dir",
+                    str(out),
+                    "--trainer.enable_progress_bar",
+                    "false",
+                ]
+            )
             run_dir = last_run(out)
         art = out / "export"
-        run([str(bin_dir / "gbd-export"), str(run_dir / "checkpoints" / "last.ckpt"), "--config",
-             str(run_dir / "config.yaml"), "--out", str(art), "-q"])
+        run([str(bin_dir / "gbd-export"), str(run_dir), "--out", str(art), "-q"])
         manifest = json.loads((art / "manifest.json").read_text())
         ver = json.loads((art / "verification.json").read_text())
         bs = manifest["input"]["shape"][0]
@@ -86,8 +95,10 @@ def main() -> None:
     print(f"\n{'recipe':<28}{'density':>8}{'dense':>8}{'PyTorch':>9}{'compiled':>9}{'rel err':>9}{'FLOPs':>7}")
     for name, s in summary.items():
         dense = f"{s['holdout_after_dense_warmup']:.4f}" if s["holdout_after_dense_warmup"] else "-"
-        print(f"{name:<28}{s['flop_weighted_density']:>8.3f}{dense:>8}{s['holdout_pytorch_end']:>9.4f}"
-              f"{s['holdout_compiled']:>9.4f}{s['verification_max_rel_err']:>9.1e}{s['executed_flops_ratio']:>7.2f}")
+        print(
+            f"{name:<28}{s['flop_weighted_density']:>8.3f}{dense:>8}{s['holdout_pytorch_end']:>9.4f}"
+            f"{s['holdout_compiled']:>9.4f}{s['verification_max_rel_err']:>9.1e}{s['executed_flops_ratio']:>7.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def layout_net():
 
 @pytest.fixture(scope="session")
 def fmnist_small():
-    from lightning_gbd.data import FashionMNISTDataModule
+    from lightning_gbd.app.data import FashionMNISTDataModule
+
     dm = FashionMNISTDataModule(batch_size=64, control_size=512, limit_train=1024, limit_eval=512)
     dm.setup()
     return dm

@@ -1,20 +1,19 @@
 """Run by test_faults.py: gradual GBD training that checkpoints every few steps; the test kills it
 with SIGKILL mid-epoch (or fills the "disk" with --disk-full-after), then runs it again with --resume."""
+
 import argparse
 import resource
 import signal
-import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lightning_gbd import AtomicCheckpointIO, GradualGroupSparsification  # noqa: E402
-from lightning_gbd.data import FashionMNISTDataModule  # noqa: E402
-from lightning_gbd.models import ImageClassifier  # noqa: E402
-from tests.conftest import LayoutNet  # noqa: E402
+from lightning_gbd import AtomicCheckpointIO, GradualGroupSparsification
+from lightning_gbd.app.data import FashionMNISTDataModule
+from lightning_gbd.app.models import ImageClassifier
+from tests.conftest import LayoutNet
 
 
 class RecordStart(Callback):
@@ -49,9 +48,20 @@ def main(out: str, resume: bool, max_steps: int = -1, disk_full_after: int = -1,
     cbs = [gbd, mc] + ([RecordStart(gbd, Path(out) / "resumed_start.pt")] if resume else [])
     if disk_full_after >= 0:
         cbs.insert(0, DiskFullAfter(disk_full_after))
-    trainer = Trainer(plugins=[AtomicCheckpointIO()] if atomic else None, accelerator="cpu", devices=1, max_epochs=1, callbacks=cbs, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, val_check_interval=4,
-                      limit_val_batches=1, num_sanity_val_steps=0, max_steps=max_steps)
+    trainer = Trainer(
+        plugins=[AtomicCheckpointIO()] if atomic else None,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        callbacks=cbs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=4,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        max_steps=max_steps,
+    )
     ckpt = str(Path(out) / "last.ckpt") if resume else None
     trainer.fit(ImageClassifier(LayoutNet(), lr=0.05), dm, ckpt_path=ckpt)
 

@@ -1,21 +1,38 @@
 """The sparsity callbacks with real Lightning Trainers on a slice of real Fashion-MNIST."""
+
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_gbd import (FixedSparsityPatterns, GradualGroupSparsification, GroupSparsityRegularizer,
-                           GroupWiseSparsification, read_patterns)
-from lightning_gbd.callbacks.fixed import library_pattern
-from lightning_gbd.groups import expand_group_mask, group_norms
-from lightning_gbd.models import ImageClassifier
+from lightning_gbd import (
+    FixedSparsityPatterns,
+    GradualGroupSparsification,
+    GroupSparsityRegularizer,
+    GroupWiseSparsification,
+    read_patterns,
+)
+from lightning_gbd.app.models import ImageClassifier
+from lightning_gbd.core.groups import expand_group_mask, group_norms
+from lightning_gbd.training.callbacks.fixed import library_pattern
 
 
 def make_trainer(tmp_path, callbacks, max_steps=-1, max_epochs=1, **kw):
-    return Trainer(accelerator="cpu", devices=1, callbacks=callbacks, max_steps=max_steps, max_epochs=max_epochs,
-                   default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   enable_checkpointing=kw.pop("enable_checkpointing", False), num_sanity_val_steps=0,
-                   deterministic=True, **kw)
+    return Trainer(
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        max_steps=max_steps,
+        max_epochs=max_epochs,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=kw.pop("enable_checkpointing", False),
+        num_sanity_val_steps=0,
+        deterministic=True,
+        **kw,
+    )
 
 
 def pruned_weights_are_zero(cb):
@@ -57,8 +74,9 @@ def test_groupwise_per_layer_and_global_density(tmp_path, layout_net, fmnist_sma
 def test_fixed_patterns_kept_and_saved(tmp_path, layout_net, fmnist_small):
     cb = FixedSparsityPatterns(pattern="cross_3x3", layers=r"net\.c[134]")
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path, filename="last")
-    make_trainer(tmp_path, [cb, ckpt_cb], max_steps=20, limit_val_batches=0,
-                 enable_checkpointing=True).fit(ImageClassifier(layout_net), fmnist_small)
+    make_trainer(tmp_path, [cb, ckpt_cb], max_steps=20, limit_val_batches=0, enable_checkpointing=True).fit(
+        ImageClassifier(layout_net), fmnist_small
+    )
     cross = library_pattern("cross_3x3", 3, 3)
     for name in ("net.c1", "net.c3", "net.c4"):
         assert (cb.masks[name] == cross).all()
@@ -79,8 +97,9 @@ def test_regularizer_shrinks_group_norms(tmp_path, layout_net, fmnist_small):
     seed_everything(0)
     model = ImageClassifier(layout_net, lr=0.05)
     before = group_norms(model.net.c3.weight.detach(), 2).sum()
-    make_trainer(tmp_path, [GroupSparsityRegularizer(lam=0.05, layers=["net.c3"])], max_steps=30,
-                 limit_val_batches=0).fit(model, fmnist_small)
+    make_trainer(
+        tmp_path, [GroupSparsityRegularizer(lam=0.05, layers=["net.c3"])], max_steps=30, limit_val_batches=0
+    ).fit(model, fmnist_small)
     assert group_norms(model.net.c3.weight.detach(), 2).sum() < before
 
 
@@ -91,7 +110,8 @@ def _gradual(**kw):
 
 
 def _attach(cb, model):
-    from lightning_gbd.groups import select_convs
+    from lightning_gbd.core.groups import select_convs
+
     cb.convs = select_convs(model)
     cb.scale = {n: float(cb.norms(n).pow(2).mean().sqrt()) for n in cb.convs}
     return cb
@@ -129,8 +149,9 @@ def test_epsilon_zeroing_is_monotone(layout_net):
 def test_gradual_run_sparsifies_and_stops_on_stall(tmp_path, layout_net, fmnist_small):
     seed_everything(0)
     cb = _gradual(lam=0.05, epsilon=0.3, patience=2, delta=0.5)  # delta 0.5: theta keeps rising
-    trainer = make_trainer(tmp_path, [cb], max_epochs=60, val_check_interval=4, limit_val_batches=2,
-                           limit_train_batches=8)
+    trainer = make_trainer(
+        tmp_path, [cb], max_epochs=60, val_check_interval=4, limit_val_batches=2, limit_train_batches=8
+    )
     model = ImageClassifier(layout_net, lr=0.05)
     trainer.validate(model, fmnist_small, verbose=False)
     assert cb.baseline is not None
@@ -153,8 +174,15 @@ class RecordWarmup(Callback):
         self.gbd, self.rows = gbd, []
 
     def on_validation_end(self, trainer, pl_module):
-        self.rows.append((trainer.current_epoch, float(trainer.callback_metrics["control_acc"]),
-                          bool(self.gbd.scale), self.gbd.theta, bool(self.gbd.masks)))
+        self.rows.append(
+            (
+                trainer.current_epoch,
+                float(trainer.callback_metrics["control_acc"]),
+                bool(self.gbd.scale),
+                self.gbd.theta,
+                bool(self.gbd.masks),
+            )
+        )
 
 
 def test_gradual_start_epoch_trains_dense_first(tmp_path, layout_net, fmnist_small):
@@ -163,8 +191,9 @@ def test_gradual_start_epoch_trains_dense_first(tmp_path, layout_net, fmnist_sma
     seed_everything(0)
     cb = _gradual(lam=0.05, epsilon=0.3, patience=100, delta=0.5, start_epoch=2)
     rec = RecordWarmup(cb)
-    trainer = make_trainer(tmp_path, [cb, rec], max_epochs=4, val_check_interval=4, limit_val_batches=2,
-                           limit_train_batches=8)
+    trainer = make_trainer(
+        tmp_path, [cb, rec], max_epochs=4, val_check_interval=4, limit_val_batches=2, limit_train_batches=8
+    )
     trainer.fit(ImageClassifier(layout_net, lr=0.05), fmnist_small)
     warm = [r for r in rec.rows if r[0] < 2]
     assert len(warm) == 4 and all(not r[2] and r[3] == 0 and not r[4] for r in warm)
@@ -195,8 +224,15 @@ def test_resume_from_checkpoint_is_exact(tmp_path, fmnist_small):
         model = ImageClassifier(LayoutNet(), lr=0.05)
         cb = _gradual(lam=0.05, epsilon=0.3, patience=50)
         mc = ModelCheckpoint(dirpath=root, save_last=True, every_n_epochs=1)
-        t = make_trainer(root, [cb, mc], max_epochs=epochs, val_check_interval=8, limit_val_batches=2,
-                         limit_train_batches=16, enable_checkpointing=True)
+        t = make_trainer(
+            root,
+            [cb, mc],
+            max_epochs=epochs,
+            val_check_interval=8,
+            limit_val_batches=2,
+            limit_train_batches=16,
+            enable_checkpointing=True,
+        )
         t.fit(model, fmnist_small, ckpt_path=ckpt)
         return model, cb
 
@@ -219,16 +255,20 @@ def test_bad_inputs(tmp_path, layout_net, fmnist_small):
         GroupWiseSparsification(density={"net.c1": 1.5})
     with pytest.raises(ValueError, match="no Conv2d layer matches 'nothing'"):
         make_trainer(tmp_path, [GroupSparsityRegularizer(layers="nothing")], max_steps=1).fit(
-            ImageClassifier(layout_net), fmnist_small)
+            ImageClassifier(layout_net), fmnist_small
+        )
     with pytest.raises(ValueError, match="'net.head' is a Linear, not a Conv2d"):
         make_trainer(tmp_path, [GroupSparsityRegularizer(layers=["net.head"])], max_steps=1).fit(
-            ImageClassifier(layout_net), fmnist_small)
+            ImageClassifier(layout_net), fmnist_small
+        )
     with pytest.raises(ValueError, match="unknown layer 'net.c9'"):
         make_trainer(tmp_path, [FixedSparsityPatterns(layers=["net.c9"])], max_steps=1).fit(
-            ImageClassifier(layout_net), fmnist_small)
+            ImageClassifier(layout_net), fmnist_small
+        )
     with pytest.raises(RuntimeError, match="monitors 'val_top1', which was never logged"):
-        make_trainer(tmp_path, [_gradual(monitor="val_top1")], max_steps=2, val_check_interval=1,
-                     limit_val_batches=1).fit(ImageClassifier(layout_net), fmnist_small)
+        make_trainer(
+            tmp_path, [_gradual(monitor="val_top1")], max_steps=2, val_check_interval=1, limit_val_batches=1
+        ).fit(ImageClassifier(layout_net), fmnist_small)
     with pytest.raises(ValueError, match="unknown pattern 'star'"):
         FixedSparsityPatterns(pattern="star")
 

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from lightning_gbd.pt2 import save_pt2
+from lightning_gbd.core.pt2 import save_pt2
 from tests.test_passes import impose_gbd, lenet
 
 
@@ -53,8 +53,8 @@ def test_export_then_load_in_fresh_process(lenet_pt2, tmp_path):
         f"""
         import torch, tvm_passes
         f = tvm_passes.load({str(out)!r})
-        y = f(torch.load({str(tmp_path / 'x.pt')!r}))
-        torch.save(y, {str(tmp_path / 'y.pt')!r})
+        y = f(torch.load({str(tmp_path / "x.pt")!r}))
+        torch.save(y, {str(tmp_path / "y.pt")!r})
         """
     )
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -109,7 +109,7 @@ def test_other_files_rejected(tmp_path):
 
 
 def test_save_pt2_dynamic_batch_and_static_fallback(tmp_path):
-    from tvm_passes.importer import example_input_of, input_shape_of, load_exported_program
+    from tvm_passes.frontend import example_input_of, input_shape_of, load_exported_program
 
     torch.manual_seed(0)
     m = lenet().eval()

@@ -1,6 +1,7 @@
 """Two CPU processes on gloo end with identical masks, theta and weights on both ranks, for every
 sparsity callback and the force regularization - and with the state a 1-process run of the same
 global batches reaches (weights equal up to float summation order)."""
+
 import os
 import subprocess
 import sys
@@ -14,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_worker(tmp_path, kind, devices):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path), kind, str(devices)],
-                       env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path), kind, str(devices)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import time
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -14,7 +13,7 @@ from torch import nn
 
 import tvm_passes
 from tests.test_passes import impose_gbd, lenet, rel_err
-from tvm_passes.runtime import ArtifactError
+from tvm_passes.errors import ArtifactError
 
 TOL = 1e-4
 

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 import tvm_passes
-from lightning_gbd.pt2 import save_pt2
-from tvm_passes.importer import ExportError, load_exported_program
+from lightning_gbd.core.pt2 import save_pt2
+from tvm_passes.errors import ExportError
+from tvm_passes.frontend import load_exported_program
 
 
 class TwoConv(nn.Module):

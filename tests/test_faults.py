@@ -1,4 +1,5 @@
 """Faults and hostile input: SIGKILL mid-epoch, truncated checkpoints, malicious pickles."""
+
 import os
 import pickle
 import signal
@@ -36,7 +37,13 @@ def test_sigkill_mid_epoch_resumes_with_the_checkpointed_sparsity_state(tmp_path
     assert proc.returncode == -signal.SIGKILL
     saved = load_checkpoint(ckpt)
     saved_gbd = [v for k, v in saved["callbacks"].items() if "Gradual" in k][0]
-    r = subprocess.run(worker + ["--resume", "--max-steps", str(saved["global_step"] + 8)], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        worker + ["--resume", "--max-steps", str(saved["global_step"] + 8)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     start = torch.load(tmp_path / "resumed_start.pt", weights_only=True)
     assert start["step"] == saved["global_step"] > 0
@@ -45,7 +52,8 @@ def test_sigkill_mid_epoch_resumes_with_the_checkpointed_sparsity_state(tmp_path
         assert torch.equal(start["state"]["masks"][k], m)
     # pruned groups are still zero in the weights the resumed run starts from
     w = saved["state_dict"]["net.c3.weight"]
-    from lightning_gbd.groups import group_norms
+    from lightning_gbd.core.groups import group_norms
+
     assert (group_norms(w, 2)[~saved_gbd["masks"]["net.c3"]] == 0).all()
 
 
@@ -55,7 +63,9 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, i
     fail part-way with EFBIG, as on a full disk), so the step-12 save fails.  The step-8 checkpoint
     must survive intact, no partial file may be left beside it, and training resumes from it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    worker = [sys.executable, str(ROOT / "tests" / "kill_worker.py"), str(tmp_path)] + (["--atomic"] if io == "atomic" else [])
+    worker = [sys.executable, str(ROOT / "tests" / "kill_worker.py"), str(tmp_path)] + (
+        ["--atomic"] if io == "atomic" else []
+    )
     r = subprocess.run(worker + ["--disk-full-after", "10"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0
     assert "File too large" in r.stderr

@@ -1,8 +1,9 @@
 """Force regularization (paper 002 eq. 2-5) against the naive pairwise sum and Theorem 1."""
+
 import pytest
 import torch
 
-from lightning_gbd.force import force, l1_force, l2_force, rank_for_error
+from lightning_gbd.core.force import force, l1_force, l2_force, rank_for_error
 
 
 def naive(filters, kind):

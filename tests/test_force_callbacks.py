@@ -1,17 +1,29 @@
 """ForceRegularization and LowRankDecomposition in real Trainers on Fashion-MNIST."""
+
 import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_gbd import ForceRegularization, GroupWiseSparsification, LowRankDecomposition, rank_table
-from lightning_gbd.force import default_force_layers
-from lightning_gbd.models import ImageClassifier, LeNet5
+from lightning_gbd.app.models import ImageClassifier, LeNet5
+from lightning_gbd.core.force import default_force_layers
 
 
 def trainer(tmp_path, cbs, steps, **kw):
-    return Trainer(accelerator="cpu", devices=1, callbacks=cbs, max_steps=steps, logger=False,
-                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                   limit_val_batches=0, default_root_dir=tmp_path, enable_checkpointing=kw.pop("ckpt", False), **kw)
+    return Trainer(
+        accelerator="cpu",
+        devices=1,
+        callbacks=cbs,
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        enable_checkpointing=kw.pop("ckpt", False),
+        **kw,
+    )
 
 
 def test_force_callback_selects_authors_layers_and_lowers_rank(tmp_path, fmnist_small):

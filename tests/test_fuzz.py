@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tvm_passes
-from tvm_passes.build import make_target
+from tests.test_kernels import ref_conv
 from tvm_passes.kernels import compile_kernel, conv2d_gather_gemm
-from tests.test_kernels import ref_conv  # noqa: E402  (one reference conv for both suites)
+from tvm_passes.target import make_target
 
 TOL = 1e-4
 ATOL = 1e-6
@@ -136,8 +136,9 @@ def check_kernel(cfg, data):
     ref = ref_conv(x, w, b, stride, pad, dil, g, relu)
     dead = dead_input_maps(w, g)
     x[:, dead] = np.nan  # poison: a dead input map must never be read
-    func, consts = conv2d_gather_gemm(x.shape, w, b, stride=stride, padding=pad, dilation=dil,
-                                      groups=g, relu=relu, target=LLVM)
+    func, consts = conv2d_gather_gemm(
+        x.shape, w, b, stride=stride, padding=pad, dilation=dil, groups=g, relu=relu, target=LLVM
+    )
     lib = compile_kernel(func, LLVM)
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in (x, *consts)]
@@ -146,8 +147,9 @@ def check_kernel(cfg, data):
     assert_close(out.numpy(), ref)
 
 
-_KERNEL_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-                        print_blob=True)
+_KERNEL_SETTINGS = dict(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True
+)
 
 
 @settings(derandomize=True, max_examples=150, **_KERNEL_SETTINGS)
@@ -217,9 +219,11 @@ def check_export(cfg, data, tmp_path):
     assert ver["passed"] or float(ver["max_abs_error"]) <= ATOL, ver
 
 
-_EXPORT_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                              HealthCheck.function_scoped_fixture],
-                        print_blob=True)
+_EXPORT_SETTINGS = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    print_blob=True,
+)
 
 
 def _small_configs():
@@ -243,13 +247,16 @@ def test_fuzz_export_model_long(cfg, data, tmp_path):
 # found by the fuzz and fixed: the CPU schedule failed (transform_block_layout: index map not
 # bijective affine) when the conv reads a single (padded) input row, i.e. one output row and a
 # 1-row kernel: the padded-copy loop split (h, w) with a constant h
-@pytest.mark.parametrize("shape,kernel,pad,stride", [
-    ((1, 1, 1, 2), (1, 1), (0, 0, 0, 0), (1, 1)),  # 1x2 -> 1x2
-    ((4, 3, 1, 9), (1, 3), (0, 0, 0, 0), (1, 1)),  # 1x9 -> 1x7
-    ((1, 2, 1, 3), (1, 3), (0, 0, 0, 0), (1, 1)),  # 1x3 -> 1x1
-    ((2, 2, 1, 1), (1, 1), (0, 1, 0, 1), (1, 1)),  # 1x1 padded left/right -> 1x3
-    ((1, 2, 2, 2), (1, 2), (0, 0, 0, 0), (2, 1)),  # 2x2, stride 2 rows: reads row 0 only -> 1x1
-])
+@pytest.mark.parametrize(
+    "shape,kernel,pad,stride",
+    [
+        ((1, 1, 1, 2), (1, 1), (0, 0, 0, 0), (1, 1)),  # 1x2 -> 1x2
+        ((4, 3, 1, 9), (1, 3), (0, 0, 0, 0), (1, 1)),  # 1x9 -> 1x7
+        ((1, 2, 1, 3), (1, 3), (0, 0, 0, 0), (1, 1)),  # 1x3 -> 1x1
+        ((2, 2, 1, 1), (1, 1), (0, 1, 0, 1), (1, 1)),  # 1x1 padded left/right -> 1x3
+        ((1, 2, 2, 2), (1, 2), (0, 0, 0, 0), (2, 1)),  # 2x2, stride 2 rows: reads row 0 only -> 1x1
+    ],
+)
 def test_regression_single_row_input(shape, kernel, pad, stride):
     N, C, H, W = shape
     w = np.random.default_rng(1).standard_normal((8, C) + kernel).astype(np.float32)
@@ -264,8 +271,11 @@ def test_regression_single_row_input(shape, kernel, pad, stride):
 
 def test_single_row_neighbours():
     """Neighbouring configurations of the single-row bug (a padded row above, two input rows, 1x1)."""
-    for shape, kernel, pad in [((1, 1, 1, 3), (1, 1), (1, 0, 0, 0)), ((1, 1, 2, 3), (2, 1), (0, 0, 0, 0)),
-                               ((1, 1, 1, 1), (1, 1), (0, 0, 0, 0))]:
+    for shape, kernel, pad in [
+        ((1, 1, 1, 3), (1, 1), (1, 0, 0, 0)),
+        ((1, 1, 2, 3), (2, 1), (0, 0, 0, 0)),
+        ((1, 1, 1, 1), (1, 1), (0, 0, 0, 0)),
+    ]:
         w = np.ones((4, 1) + kernel, np.float32)
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         ref = ref_conv(x, w, None, (1, 1), pad, (1, 1), 1, False)
@@ -278,9 +288,16 @@ def test_single_row_neighbours():
 
 # found by the fuzz and fixed: grouped conv in the row-aligned mode with >= 7 filters per group
 # left the last filters of each group unwritten (fused epilogue over padded filter chunks)
-@pytest.mark.parametrize("groups,tg,hw,pad", [(2, 7, (3, 3), (0, 1, 0, 3)), (3, 9, (7, 7), (0, 0, 0, 0)),
-                                              (2, 10, (3, 3), (0, 1, 0, 3)), (2, 7, (3, 5), (0, 0, 0, 3)),
-                                              (2, 7, (3, 11), (0, 0, 0, 3))])
+@pytest.mark.parametrize(
+    "groups,tg,hw,pad",
+    [
+        (2, 7, (3, 3), (0, 1, 0, 3)),
+        (3, 9, (7, 7), (0, 0, 0, 0)),
+        (2, 10, (3, 3), (0, 1, 0, 3)),
+        (2, 7, (3, 5), (0, 0, 0, 3)),
+        (2, 7, (3, 11), (0, 0, 0, 3)),
+    ],
+)
 def test_regression_grouped_row7_unwritten_filters(groups, tg, hw, pad):
     shape = (1, groups * 2, *hw)
     w = np.random.default_rng(1).standard_normal((groups * tg, 2, 1, 1)).astype(np.float32)

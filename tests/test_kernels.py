@@ -11,8 +11,8 @@ import pytest
 import torch
 import tvm
 
-from tvm_passes.kernels import (compile_kernel, conv2d_gather_gemm, conv_output_size, dense_gemm,
-                                gather_gemm_flops, lower_conv)
+from lightning_gbd.core.groups import conv_flops, group_mask
+from tvm_passes.kernels import compile_kernel, conv2d_gather_gemm, conv_output_size, dense_gemm, lower_conv
 
 LLVM = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2}
 CUDA = {"kind": "cuda", "arch": "sm_90"}
@@ -40,8 +40,14 @@ def gbd_weight(T, Cg, kh, kw, density, groups=1, seed=0, dead_maps=(), dead_grou
 def ref_conv(x, w, b, stride, padding, dilation, groups, relu):
     pt, pl, pb, pr = padding
     xt = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
-    y = torch.nn.functional.conv2d(xt, torch.from_numpy(w), None if b is None else torch.from_numpy(b),
-                                   stride=stride, dilation=dilation, groups=groups)
+    y = torch.nn.functional.conv2d(
+        xt,
+        torch.from_numpy(w),
+        None if b is None else torch.from_numpy(b),
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+    )
     return (y.relu() if relu else y).numpy()
 
 
@@ -96,9 +102,17 @@ def test_conv_llvm(case, density):
     b = rng.standard_normal(T).astype(np.float32)
     relu = density in (0.5, 0.05)
     use_bias = density != 0.2
-    func, consts = conv2d_gather_gemm(x.shape, w, b if use_bias else None, stride=(s, s),
-                                      padding=pad, dilation=(d, d), groups=g, relu=relu,
-                                      target=LLVM)
+    func, consts = conv2d_gather_gemm(
+        x.shape,
+        w,
+        b if use_bias else None,
+        stride=(s, s),
+        padding=pad,
+        dilation=(d, d),
+        groups=g,
+        relu=relu,
+        target=LLVM,
+    )
     assert isinstance(func, tvm.tirx.PrimFunc)
     assert len(func.params) == 2 + len(consts)
     ref = ref_conv(x, w, b if use_bias else None, s, pad, d, g, relu)
@@ -115,16 +129,16 @@ def test_conv_dead_maps_and_dead_group():
     b = rng.standard_normal(T).astype(np.float32)
     # poison the dead input maps: they must never be read (NaN would propagate otherwise)
     x[:, [0, 2, 4, 5, 6, 7]] = np.nan
-    func, consts = conv2d_gather_gemm(x.shape, w, b, padding=(1, 1, 1, 1), groups=g, relu=True,
-                                      target=LLVM)
+    func, consts = conv2d_gather_gemm(x.shape, w, b, padding=(1, 1, 1, 1), groups=g, relu=True, target=LLVM)
     geom = lower_conv(x.shape, w, padding=(1, 1, 1, 1), groups=g)[0]
     assert geom.L == 2 and geom.K_per_group[1] == 0
     ref = ref_conv(np.nan_to_num(x, nan=0.0), w, b, 1, (1, 1, 1, 1), 1, g, True)
     out = run_llvm(func, [x, *consts], ref.shape)
     assert np.isfinite(out).all()
     assert rel_err(out, ref) <= TOL
-    np.testing.assert_allclose(out[:, 5:], np.broadcast_to(np.maximum(b[5:], 0)[None, :, None, None],
-                                                           out[:, 5:].shape), rtol=0, atol=0)
+    np.testing.assert_allclose(
+        out[:, 5:], np.broadcast_to(np.maximum(b[5:], 0)[None, :, None, None], out[:, 5:].shape), rtol=0, atol=0
+    )
 
 
 def test_conv_all_zero_weight():
@@ -187,11 +201,9 @@ def test_relax_call_tir_two_kernels():
         with bb.dataflow():
             g1 = bb.add_func(f1, "conv1")
             g2 = bb.add_func(f2, "fc")
-            y = bb.emit(relax.call_tir(g1, [x] + [relax.const(c) for c in c1],
-                                       R.Tensor((2, 8, 6, 6), "float32")))
+            y = bb.emit(relax.call_tir(g1, [x] + [relax.const(c) for c in c1], R.Tensor((2, 8, 6, 6), "float32")))
             y = bb.emit(R.reshape(y, (2, 288)))
-            z = bb.emit(relax.call_tir(g2, [y] + [relax.const(c) for c in c2],
-                                       R.Tensor((2, 10), "float32")))
+            z = bb.emit(relax.call_tir(g2, [y] + [relax.const(c) for c in c2], R.Tensor((2, 10), "float32")))
             o = bb.emit_output(z)
         bb.emit_func_output(o)
     ex = tvm.compile(bb.get(), target=tvm.target.Target(LLVM))
@@ -205,8 +217,8 @@ def test_relax_call_tir_two_kernels():
 def test_flops_helper():
     w = gbd_weight(8, 4, 3, 3, 1.0)
     w[:, 0, 1, 1] = 0
-    assert gather_gemm_flops(w, (5, 5), batch=2) == 2 * 8 * 35 * 2 * 25
-    assert gather_gemm_flops(w, (5, 5), batch=2, dense=True) == 2 * 8 * 36 * 2 * 25
+    assert conv_flops(w.shape, (5, 5), mask=group_mask(w), batch=2) == 2 * 8 * 35 * 2 * 25
+    assert conv_flops(w.shape, (5, 5), batch=2) == 2 * 8 * 36 * 2 * 25
     assert conv_output_size(27, 27, 5, 5, 1, (2, 2, 2, 2), 1) == (27, 27)
 
 
@@ -242,8 +254,9 @@ def _cuda_conv(case):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     b = rng.standard_normal(T).astype(np.float32)
-    func, consts = conv2d_gather_gemm(x.shape, w, b, stride=(s, s), padding=pad, dilation=(d, d),
-                                      groups=g, relu=True, target=CUDA)
+    func, consts = conv2d_gather_gemm(
+        x.shape, w, b, stride=(s, s), padding=pad, dilation=(d, d), groups=g, relu=True, target=CUDA
+    )
     lib = compile_kernel(func, CUDA)
     return lib, x, w, b, consts, (s, pad, d, g)
 

@@ -1,10 +1,17 @@
 """Every decomposition reproduces the conv within the error it reports, exactly at full rank."""
+
 import pytest
 import torch
 from torch import nn
 
-from lightning_gbd.lowrank import (cp_decompose, decomposed_flops, kmeans_decompose, pca_decompose,
-                                   separable_decompose, svd_decompose)
+from lightning_gbd.core.lowrank import (
+    cp_decompose,
+    decomposed_flops,
+    kmeans_decompose,
+    pca_decompose,
+    separable_decompose,
+    svd_decompose,
+)
 
 
 def conv(c=6, n=8, k=3, groups=1, stride=1, padding=1, dilation=1):
@@ -81,7 +88,8 @@ def test_flops_of_decomposition():
 
 
 def test_bicluster_full_rank_exact_and_error_reported():
-    from lightning_gbd.lowrank import bicluster_decompose
+    from lightning_gbd.core.lowrank import bicluster_decompose
+
     c = conv(c=6, n=8)
     mod, err = bicluster_decompose(c, in_clusters=2, out_clusters=2, rank=100)
     assert err < 1e-20 and out_err(c, mod, X) < 1e-10
@@ -98,7 +106,8 @@ def test_bicluster_full_rank_exact_and_error_reported():
 
 
 def test_monochromatic_exact_when_colours_are_shared():
-    from lightning_gbd.lowrank import monochromatic_decompose
+    from lightning_gbd.core.lowrank import monochromatic_decompose
+
     torch.manual_seed(4)
     cols = torch.randn(2, 3, dtype=torch.float64)
     cols = cols / cols.norm(dim=1, keepdim=True)

@@ -1,12 +1,12 @@
 """Decomposed models round-trip through the TVM export (paper 002, formulas.md section 3)."""
+
 import json
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
-from lightning_gbd.lowrank import pca_decompose
+from lightning_gbd.core.lowrank import pca_decompose
 from tvm_passes import export_model, load
 
 

@@ -9,7 +9,8 @@ passed) beyond LeNet / AlexNet / VGG / ResNet-18 (those are in ``test_export.py`
   bilinear upsampling)                                       - slow
 
 Every model gets GBD patterns (density ~0.3 plus ~15% dead input maps, ``impose_gbd``), its
-convs rescaled to unit output std and its BatchNorm statistics calibrated on random data, so activations stay O(1) through the depth
+convs rescaled to unit output std and its BatchNorm statistics calibrated on random data, so activations stay
+O(1) through the depth
 (random init + 70% zeroed weights would otherwise shrink the output to ~1e-16 and make the
 relative check meaningless).  ``weights=None`` everywhere: nothing downloads.  Anything the
 kernels do not handle must fall back to the dense legalized op with a ``gbd-export`` warning and
@@ -30,6 +31,7 @@ from tests.test_passes import impose_gbd
 def rescale_convs(model, shape, seed=0):
     """One forward pass that scales every conv (weight and bias) to unit output std, in order
     (LSUV-like): keeps models without BatchNorm (SqueezeNet) from vanishing after the GBD cut."""
+
     def hook(m, _inp, out):
         s = out.std().clamp_min(1e-12)
         m.weight.div_(s)
@@ -103,11 +105,19 @@ class DilatedNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 24, 3, padding=2, dilation=2), nn.BatchNorm2d(24), nn.ReLU(),
-            nn.Conv2d(24, 32, 3, stride=2, padding=3, dilation=3, groups=4), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, (1, 3), padding=(0, 2), dilation=(1, 2)), nn.ReLU(),
-            nn.Conv2d(32, 32, (5, 3), padding=(4, 3), dilation=(2, 3)), nn.ReLU(),
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 24, 3, padding=2, dilation=2),
+            nn.BatchNorm2d(24),
+            nn.ReLU(),
+            nn.Conv2d(24, 32, 3, stride=2, padding=3, dilation=3, groups=4),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, (1, 3), padding=(0, 2), dilation=(1, 2)),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, (5, 3), padding=(4, 3), dilation=(2, 3)),
+            nn.ReLU(),
             nn.Conv2d(32, 10, 1),
         )
 

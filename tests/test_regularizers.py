@@ -1,9 +1,10 @@
 """The closed-form gradients of paper 000 eq. 4 and eq. 5 against autograd of eq. 3 / eq. 5."""
+
 import pytest
 import torch
 
-from lightning_gbd.groups import expand_group_mask, group_norms
-from lightning_gbd.regularizers import l1_grad, l1_penalty, l21_grad, l21_penalty, truncated_l21_penalty
+from lightning_gbd.core.groups import expand_group_mask, group_norms
+from lightning_gbd.core.regularizers import l1_grad, l1_penalty, l21_grad, l21_penalty, truncated_l21_penalty
 
 SHAPES = [((12, 4, 3, 3), 1), ((12, 3, 5, 5), 2), ((8, 1, 3, 3), 8), ((6, 5, 1, 7), 3)]
 
@@ -15,7 +16,7 @@ def test_group_norms_match_explicit_loop(shape, groups):
     t_per = shape[0] // groups
     for s in range(shape[1] * groups):
         g, c = divmod(s, shape[1])
-        ref = w[g * t_per:(g + 1) * t_per, c].pow(2).sum(0).sqrt()
+        ref = w[g * t_per : (g + 1) * t_per, c].pow(2).sum(0).sqrt()
         torch.testing.assert_close(norms[s], ref)
 
 

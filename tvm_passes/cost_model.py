@@ -1,6 +1,6 @@
 """Per-conv choice between the dense im2col GEMM and the GBD gather-GEMM.
 
-Paper 000 section 3 / formulas.md section 1: the lowered conv does ``F @ P`` with
+Paper 000 section 3 / docs/formulas.md section 1 (eq. 1.4 for the FLOPs): the lowered conv does ``F @ P`` with
 ``K = sum_s |Omega_s|`` rows of P instead of ``S * kh * kw``, so the useful work scales with
 the density tau.  The gather has a fixed overhead (offset tables, irregular reads), so near
 tau = 1 or for tiny layers the dense GEMM wins.
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from lightning_gbd.core.groups import conv_flops, density, group_mask
 
 #: above this density the dense path is used (gather overhead > saved FLOPs)
 DENSE_DENSITY = 0.8
@@ -32,41 +34,20 @@ class ConvDecision:
         return asdict(self)
 
 
-def patterns(weight: np.ndarray, groups: int = 1) -> np.ndarray:
-    """Boolean (C, kh, kw): (i, j) in Omega_s, i.e. group Gamma_ijs is not all zero."""
-    t, cg, kh, kw = weight.shape
-    tg = t // groups
-    out = np.zeros((cg * groups, kh, kw), dtype=bool)
-    for g in range(groups):
-        out[g * cg : (g + 1) * cg] = np.any(weight[g * tg : (g + 1) * tg] != 0, axis=0)
-    return out
-
-
-def density(weight: np.ndarray, groups: int = 1) -> float:
-    """tau = sum_s |Omega_s| / (S kh kw)."""
-    omega = patterns(weight, groups)
-    return float(omega.sum()) / float(omega.size) if omega.size else 1.0
-
-
-def conv_flops(data_shape, weight_shape, out_shape) -> int:
-    """Dense multiply-add FLOPs (2 per MAC) of an NCHW conv."""
-    n = int(data_shape[0])
-    t, cg, kh, kw = (int(v) for v in weight_shape)
-    oh, ow = int(out_shape[2]), int(out_shape[3])
-    return 2 * n * oh * ow * t * cg * kh * kw
-
-
 def decide(data_shape, weight: np.ndarray, out_shape, groups: int = 1, sparse: bool = True) -> ConvDecision:
     """Dense vs gather-GEMM for one conv, with the reason recorded in the manifest."""
-    tau = density(weight, groups)
-    fd = conv_flops(data_shape, weight.shape, out_shape)
+    tau = density(group_mask(weight, groups))
+    fd = conv_flops(weight.shape, out_shape[2:], groups, batch=data_shape[0])
     fs = int(round(fd * tau))
     k = int(np.prod(weight.shape[1:]))
     if not sparse:
         return ConvDecision("dense", tau, fd, fd, "sparse=False: every conv forced to the dense im2col GEMM")
     if tau > DENSE_DENSITY:
         return ConvDecision(
-            "dense", tau, fd, fd,
+            "dense",
+            tau,
+            fd,
+            fd,
             f"density {tau:.3f} > {DENSE_DENSITY}: gather overhead exceeds the {1 - tau:.0%} FLOPs saved",
         )
     if fd < TINY_FLOPS:
@@ -74,7 +55,10 @@ def decide(data_shape, weight: np.ndarray, out_shape, groups: int = 1, sparse: b
     if k < TINY_K:
         return ConvDecision("dense", tau, fd, fd, f"reduction length C/g*kh*kw = {k} < {TINY_K}")
     return ConvDecision(
-        "gather-gemm", tau, fd, fs,
+        "gather-gemm",
+        tau,
+        fd,
+        fs,
         f"density {tau:.3f} <= {DENSE_DENSITY}: gather-GEMM does {tau:.0%} of the dense FLOPs "
         f"(ideal speed-up {1 / max(tau, 1e-9):.1f}x)",
     )

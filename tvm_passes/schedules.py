@@ -30,7 +30,7 @@ def _num_cores(target) -> int:
 
 def _vector_lanes(target, bits=32) -> int:
     try:
-        from tvm.target.codegen import llvm_get_vector_width  # noqa: PLC0415
+        from tvm.target.codegen import llvm_get_vector_width
 
         width = int(llvm_get_vector_width(target))
     except Exception:  # noqa: BLE001
@@ -46,10 +46,10 @@ def _extent(sch, loop):
 class CPUGeneric(ScheduleRule):
     """Fuse spatial loops, parallel outer, vectorize inner; reductions parallel over spatial."""
 
-    def is_target_available(self, target) -> bool:  # noqa: D102
+    def is_target_available(self, target) -> bool:
         return target.kind.name == "llvm"
 
-    def apply(self, func, target, _tunable):  # noqa: D102
+    def apply(self, func, target, _tunable):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)

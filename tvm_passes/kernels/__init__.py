@@ -12,7 +12,7 @@ import os as _os
 _os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 from .gather_gemm import compile_kernel, conv2d_gather_gemm, dense_gemm, pack_dense_weight
-from .lowering import conv_output_size, gather_gemm_flops, lower_conv, surviving_groups
+from .lowering import conv_output_size, lower_conv
 
 __all__ = [
     "compile_kernel",
@@ -20,7 +20,5 @@ __all__ = [
     "dense_gemm",
     "pack_dense_weight",
     "conv_output_size",
-    "gather_gemm_flops",
     "lower_conv",
-    "surviving_groups",
 ]

@@ -21,21 +21,22 @@ CONV_KC = 256  # reduction block
 DENSE_OI = 32  # output features per register tile (2 zmm vectors)
 CONV_ROW_ALIGN = (16, 8)  # output rows padded to 16 (else 8) pixels: one vector copy = one input run
 
+#: float32 lanes of one AVX-512 register
+VECTOR_LANES = 16
+
 
 def lowering_params(Tg=None):
     """Keyword arguments of lowering.lower_conv for the CPU kernels.  8 filter rows per register
     tile (16 accumulators, cache-line aligned filter reads) when they divide the group's outputs,
     else 6 (fewer when the group has fewer outputs, e.g. depthwise)."""
     ti = 8 if Tg and Tg % 8 == 0 else (Tg if Tg and Tg < CONV_TI else CONV_TI)
-    return dict(TI=ti, NV=CONV_NV, kc_max=CONV_KC, row_align=CONV_ROW_ALIGN,
-                chunk_tiles=tuple(range(1, 10)), whole_rows=True)
+    return dict(
+        TI=ti, NV=CONV_NV, kc_max=CONV_KC, row_align=CONV_ROW_ALIGN, chunk_tiles=tuple(range(1, 10)), whole_rows=True
+    )
 
 
 def _num_threads(target):
-    try:
-        n = int(target.attrs.get("num-cores", 0) or 0)
-    except Exception:  # pragma: no cover
-        n = 0
+    n = int(target.attrs.get("num-cores", 0) or 0)
     return n if n > 0 else 2
 
 
@@ -44,13 +45,14 @@ def choose_t_split(geom: ConvGeometry, nthreads):
     threads busy (batch 1, small maps); each t-chunk gathers its own patch panel."""
     tasks0 = geom.N * geom.G * (geom.NP // (geom.NV * geom.NTC))
     best, best_score = 1, -1.0
+    to_tiles = -(-geom.Tg // geom.TI)  # ceil(Tg / TI)
     for tpo in range(1, 9):
-        if tpo > -(-geom.Tg // geom.TI):
+        if tpo > to_tiles:
             break
         tasks = tasks0 * tpo
         eff = tasks / (-(-tasks // nthreads) * nthreads)
-        to = -(-(-(-geom.Tg // geom.TI)) // tpo) * tpo
-        waste = (-(-geom.Tg // geom.TI)) / to
+        to = -(-to_tiles // tpo) * tpo
+        waste = to_tiles / to
         score = eff * waste * (1.0 - 0.02 * (tpo - 1))
         if score > best_score + 1e-9:
             best, best_score = tpo, score
@@ -64,17 +66,32 @@ def dense_row_tile(M):
     return min((6, 8, 7, 5, 4), key=lambda tm: (-(-M // tm) * tm - M, (6, 8, 7, 5, 4).index(tm)))
 
 
-def schedule_conv_cpu(func, geom: ConvGeometry, target, opts=None):
+def schedule_conv_cpu(func, geom: ConvGeometry, target):
     """Schedule the conv_te PrimFunc (blocks Dp, P, C, out) for a multi-core AVX-512 CPU."""
-    opts = dict(opts or {})
-    nthreads = _num_threads(target)
-    nt_per_chunk = geom.NTC
-    tpo = opts.get("tpo", choose_t_split(geom, nthreads))
+    tpo = choose_t_split(geom, _num_threads(target))
     if geom.TO % tpo:
         tpo = 1
     sch = s_tir.schedule.Schedule(func)
+    # the fused epilogue maps out[c] to (group, c % Tg) per parallel task: only exact when every
+    # t-chunk of a group is whole (no padded filters inside a split group), else some filters of
+    # each group are never written (found by tests/test_fuzz.py)
+    fused_epi = bool(geom.NRP) and (geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1))
+    par, ko = _schedule_gemm(sch, geom, tpo, fused_epi)
+    # gather the patch panel once per parallel task and k block
+    pblk = sch.get_sblock("P")
+    sch.compute_at(pblk, ko)
+    if geom.OWP:
+        _, pn = sch.get_loops(pblk)[-2:]
+        _, pv = sch.split(pn, [None, geom.ROWV])
+        sch.vectorize(pv)
+    _schedule_padded_copy(sch, geom)
+    _schedule_epilogue(sch, geom, par if fused_epi else None)
+    return sch.mod["main"]
 
-    # GEMM
+
+def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool):
+    """k-blocked GEMM: the P stripe [KC, NV] stays in L1 across all t tiles; (t, n) register tile
+    TI x NV with the n lanes vectorized.  Returns (parallel loop, k-block loop)."""
     blk = sch.get_sblock("C")
     if geom.NRP:
         b, g, t, r, w, k = sch.get_loops(blk)
@@ -82,85 +99,59 @@ def schedule_conv_cpu(func, geom: ConvGeometry, target, opts=None):
     else:
         b, g, t, n, k = sch.get_loops(blk)
     tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
-    no, nt, nv = sch.split(n, [None, nt_per_chunk, geom.NV])
+    no, nt, nv = sch.split(n, [None, geom.NTC, geom.NV])
     ko, ki = sch.split(k, [None, geom.KC])
-    order = opts.get("order", "kb")
-    if order == "kb":  # k-blocked: P stripe [KC, NV] stays in L1 across all t tiles
-        sch.reorder(b, g, no, tp, ko, nt, to, ki, ti, nv)
-    elif order == "kt":  # k-blocked: filter block [TI, KC] stays in L1 across all n tiles
-        sch.reorder(b, g, no, tp, ko, to, nt, ki, ti, nv)
-    else:
-        sch.reorder(b, g, no, tp, to, nt, ko, ki, ti, nv)
+    sch.reorder(b, g, no, tp, ko, nt, to, ki, ti, nv)
     par = sch.fuse(b, g, no, tp)
     sch.parallel(par)
-    # the fused epilogue maps out[c] to (group, c % Tg) per parallel task: only exact when every
-    # t-chunk of a group is whole (no padded filters inside a split group), else some filters of
-    # each group are never written (found by tests/test_fuzz.py)
-    whole_t_chunks = geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1)
-    fused_epi = bool(geom.NRP) and order in ("kb", "kt") and opts.get("fuse_epilogue", True) and whole_t_chunks
     if not fused_epi:
         acc = sch.cache_write(blk, 0, "local")
-        if order in ("kb", "kt"):
-            sch.reverse_compute_at(acc, par)
-        else:
-            sch.reverse_compute_at(acc, nt)
+        sch.reverse_compute_at(acc, par)
     sch.unroll(ti)
-    vl = opts.get("vl", 16)
-    if vl and geom.NV > vl:
-        nvo, nv = sch.split(nv, [None, vl])
+    if geom.NV > VECTOR_LANES:
+        nvo, nv = sch.split(nv, [None, VECTOR_LANES])
         sch.unroll(nvo)
-        if opts.get("nvo_outer", False):
-            sch.reorder(nvo, ti)
     sch.vectorize(nv)
     init = sch.decompose_reduction(blk, ko)
     sch.vectorize(sch.get_loops(init)[-1])
     if not fused_epi:
         sch.vectorize(sch.get_loops(acc)[-1])
+    return par, ko
 
-    # gather the patch panel once per parallel task (per k block when k-blocked)
-    pblk = sch.get_sblock("P")
-    sch.compute_at(pblk, ko if order in ("kb", "kt") else par)
-    if geom.OWP:
-        pk, pn = sch.get_loops(pblk)[-2:]
-        _, pv = sch.split(pn, [None, geom.ROWV])
-        sch.vectorize(pv)
 
-    # padded copy of live maps: iterate (b, l, h, w) instead of the flat index (no divisions)
+def _schedule_padded_copy(sch, geom: ConvGeometry):
+    """Padded copy of the live maps: iterate (b, l, h, w) instead of the flat index (no divisions)."""
     dblk = sch.get_sblock("Dp")
     HW = geom.Hp * geom.Wp
     if geom.Hp == 1:  # one padded row: (f % HW) // Wp is constant, not a bijective affine map
         sch.transform_block_layout(dblk, lambda b, f: (b, f // geom.Wp, f % geom.Wp))
-        db, dl, dw = sch.get_loops(dblk)
+        db, dl, _ = sch.get_loops(dblk)
     else:
         sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
-        db, dl, dh, dw = sch.get_loops(dblk)
+        db, dl, _, _ = sch.get_loops(dblk)
     sch.parallel(sch.fuse(db, dl))
 
-    # epilogue (bias, ReLU, drop padded rows / pixels)
+
+def _schedule_epilogue(sch, geom: ConvGeometry, fused_at):
+    """Bias, ReLU, dropping padded rows / pixels: per chunk right after its GEMM while C is still in
+    cache (``fused_at``: the GEMM's parallel loop), else as its own parallel pass."""
     eblk = sch.get_sblock("out")
-    if fused_epi:
-        # per chunk, right after its GEMM, while C is still in cache
+    if fused_at is not None:
         Tg = geom.Tg
         sch.transform_block_layout(eblk, lambda b, c, oh, ow: (b, c // Tg, c % Tg, oh, ow))
-        sch.reverse_compute_at(eblk, par)
-        ew = sch.get_loops(eblk)[-1]
-        for vw in (16, 8, 4):
-            if geom.OW % vw == 0:
-                _, ev = sch.split(ew, [None, vw])
-                sch.vectorize(ev)
-                break
-        return sch.mod["main"]
-    eb, ec, eh, ew = sch.get_loops(eblk)
-    sch.parallel(sch.fuse(eb, ec))
-    if geom.OWP == 0:
-        ew = sch.fuse(eh, ew)
-    ext = geom.OH * geom.OW if geom.OWP == 0 else geom.OW
+        sch.reverse_compute_at(eblk, fused_at)
+        ew, ext = sch.get_loops(eblk)[-1], geom.OW
+    else:
+        eb, ec, eh, ew = sch.get_loops(eblk)
+        sch.parallel(sch.fuse(eb, ec))
+        if geom.OWP == 0:
+            ew = sch.fuse(eh, ew)
+        ext = geom.OH * geom.OW if geom.OWP == 0 else geom.OW
     for vw in (16, 8, 4):
         if ext % vw == 0:
             _, ev = sch.split(ew, [None, vw])
             sch.vectorize(ev)
             break
-    return sch.mod["main"]
 
 
 def schedule_dense_cpu(func, M, K, O, OI, TM, target, KC=256):

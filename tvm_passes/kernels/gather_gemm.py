@@ -38,8 +38,19 @@ def compile_kernel(func, target):
     return tvm.compile(func.with_attr("global_symbol", "main"), target=target)
 
 
-def conv2d_gather_gemm(data_shape, weight, bias=None, *, stride=(1, 1), padding=(0, 0, 0, 0),
-                       dilation=(1, 1), groups=1, relu=False, target):
+def conv2d_gather_gemm(
+    data_shape,
+    weight,
+    bias=None,
+    *,
+    stride=(1, 1),
+    padding=(0, 0, 0, 0),
+    dilation=(1, 1),
+    groups=1,
+    relu=False,
+    dense=False,
+    target,
+):
     """NCHW float32 conv2d lowered to gather + GEMM over the surviving GBD groups (paper 000 s.3).
 
     weight: numpy (T, C//groups, kh, kw), all-zero groups W[t in group, s, i, j] are skipped.
@@ -50,6 +61,8 @@ def conv2d_gather_gemm(data_shape, weight, bias=None, *, stride=(1, 1), padding=
     Bias and ReLU are fused into the epilogue; dead input maps are never read.  The PrimFunc
     carries tir.is_scheduled and no global_symbol (call it through R.call_tir, or compile it on
     its own with compile_kernel).  target: llvm (AVX-512 schedule) or cuda (shared-memory tiles).
+    ``dense=True`` gathers every (s, i, j) row, zero groups included: the dense im2col GEMM of the
+    same kernel (the baseline the cost model compares against).
     """
     target = _as_target(target)
     gpu = _is_gpu(target)
@@ -58,13 +71,12 @@ def conv2d_gather_gemm(data_shape, weight, bias=None, *, stride=(1, 1), padding=
         lw = dict(TI=cuda.CONV_TI, NV=cuda.CONV_NV, k_align=cuda.KC)
     else:
         lw = cpu.lowering_params(weight.shape[0] // groups)
-    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
     geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw)
     if not gpu:
         tpo = cpu.choose_t_split(geom, cpu._num_threads(target))
         if geom.TO % tpo:  # pad the filter rows so the t-chunks divide evenly
-            geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw,
-                                                  to_multiple=tpo)
+            geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw, to_multiple=tpo)
     consts = [F, live, off] + ([] if geom.OWP else [base])
     if bias is not None:
         b = np.asarray(bias, dtype=np.float32).reshape(-1)

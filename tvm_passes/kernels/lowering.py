@@ -1,4 +1,4 @@
-"""Numpy side of the GBD lowering (paper 000, section 3; formulas.md section 1 "Lowering").
+"""Numpy side of the GBD lowering (paper 000, section 3; docs/formulas.md section 1 "Lowering").
 
 Turns a (possibly group-sparse) conv weight into the constants the gather-GEMM kernels read:
 the compact filter matrix F (T x sum_s |Omega_s| per conv group, pre-packed), the int32 offset
@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from lightning_gbd.core.groups import group_mask
 
 
 def _pair(v):
@@ -94,107 +96,14 @@ def conv_output_size(H, W, kh, kw, stride, padding, dilation):
     return OH, OW
 
 
-def surviving_groups(weight, groups):
-    """Boolean mask [C, kh, kw]: True where the GBD group Gamma_{ijs} (all t of s's conv group)
-    has a nonzero entry, i.e. (i, j) in Omega_s.  weight: (T, C/groups, kh, kw)."""
-    T, Cg, kh, kw = weight.shape
-    Tg = T // groups
-    w = np.asarray(weight).reshape(groups, Tg, Cg, kh, kw)
-    nz = np.any(w != 0, axis=1)  # [G, Cg, kh, kw]
-    return nz.reshape(groups * Cg, kh, kw)
+def _pixel_numbering(OH, OW, sh, sw, Wp, NV, row_align, max_row_waste, chunk_tiles, whole_rows):
+    """Output pixel numbering n and its parallel chunking: (OWP, ROWV, NTC, NP, NRP, base int64[NP]).
 
-
-def gather_gemm_flops(weight, out_hw, batch=1, groups=1, dense=False):
-    """Multiply-add FLOPs (2 per MAC) of the lowered conv: 2 * T/g-rows * sum_s|Omega_s| * N*OH*OW.
-    ``dense=True`` gives the dense conv count for the same shape."""
-    weight = np.asarray(weight)
-    T, Cg, kh, kw = weight.shape
-    OH, OW = out_hw
-    if dense:
-        k = Cg * kh * kw * groups
-    else:
-        k = int(surviving_groups(weight, groups).sum())
-    return 2.0 * (T // groups) * k * batch * OH * OW
-
-
-def lower_conv(data_shape, weight, *, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
-               groups=1, TI=6, NV=32, kc_max=None, k_align=1, row_align=0, max_row_waste=1.2,
-               chunk_tiles=(1,), to_multiple=1, whole_rows=False):
-    """Build geometry + numpy constants of the gather-GEMM lowering.
-
-    Returns (geom, F, live, off, base):
-      F    float32 [G, TO, KP, TI]  packed compact filter, F[g, to, k, ti] = W[g*Tg + to*TI+ti, k-th
-                                    surviving (s, i, j) of group g]; zero in padded rows / columns.
-      live int32   [L + 1]          global input channel of each stored (padded) map; the last map
-                                    is an all-zero map that padded gather rows point to.
-      off  int32   [G, KP]          offset of gather row k in the flat padded per-image input
-                                    (l * Hp*Wp + i*dh*Wp + j*dw).
-      base int32   [NP]             offset of output pixel n: (n // OW)*sh*Wp + (n % OW)*sw
-                                    (0 for padded pixels n >= OH*OW, results discarded); the
-                                    kernels use it only in flat mode (geom.OWP == 0).
-    Only live maps (non-empty Omega_s) are copied, so dead input maps are never read.
-    The other keywords are layout choices of the schedules (cpu.lowering_params()).
-    """
-    N, C, H, W = (int(x) for x in data_shape)
-    weight = np.asarray(weight, dtype=np.float32)
-    T, Cg, kh, kw = weight.shape
-    G = int(groups)
-    if C != Cg * G or T % G:
-        raise ValueError(f"bad conv: data C={C}, weight {weight.shape}, groups={G}")
-    Tg = T // G
-    sh, sw = _pair(stride)
-    dh, dw = _pair(dilation)
-    pt, pl, pb, pr = _pad4(padding)
-    OH, OW = conv_output_size(H, W, kh, kw, (sh, sw), (pt, pl, pb, pr), (dh, dw))
-    if OH <= 0 or OW <= 0:
-        raise ValueError("empty conv output")
-    # rows / cols of the padded input that are ever read
-    Hp = max((OH - 1) * sh + (kh - 1) * dh + 1, 1)
-    Wp = max((OW - 1) * sw + (kw - 1) * dw + 1, 1)
-
-    mask = surviving_groups(weight, G)  # [C, kh, kw]
-    live_ch = [c for c in range(C) if mask[c].any()]
-    L = len(live_ch)
-    lidx = {c: i for i, c in enumerate(live_ch)}
-    HW = Hp * Wp
-
-    entries = []  # per group: list of (local s, i, j)
-    for g in range(G):
-        e = []
-        for s in range(Cg):
-            c = g * Cg + s
-            if c not in lidx:
-                continue
-            for i in range(kh):
-                for j in range(kw):
-                    if mask[c, i, j]:
-                        e.append((s, i, j))
-        entries.append(e)
-    K_per_group = tuple(len(e) for e in entries)
-    KP = max(max(K_per_group), 1)
-    # reduction blocking: KP = nkb * KC (padded rows read the zero map with zero weights)
-    nkb = 1 if not kc_max else -(-KP // kc_max)
-    KC = _round_up(-(-KP // nkb), k_align)
-    KP = nkb * KC
-
-    TO = _round_up((Tg + TI - 1) // TI, to_multiple)
-    F = np.zeros((G, TO * TI, KP), dtype=np.float32)
-    off = np.full((G, KP), L * HW, dtype=np.int32)  # padded rows -> the zero map
-    wg = weight.reshape(G, Tg, Cg, kh, kw)
-    for g, e in enumerate(entries):
-        if not e:
-            continue
-        s, i, j = (np.array(x) for x in zip(*e))
-        F[g, :Tg, : len(e)] = wg[g][:, s, i, j]
-        l = np.array([lidx[g * Cg + x] for x in s])
-        off[g, : len(e)] = l * HW + i * dh * Wp + j * dw
-    F = np.ascontiguousarray(F.reshape(G, TO, TI, KP).transpose(0, 1, 3, 2))
-
-    # Output pixel numbering n.  Row-aligned mode (OWP > 0): n = oh * OWP + ow with rows padded
-    # to a multiple of row_align, so a vector of row_align pixels is one contiguous input run
-    # and the gather needs no table.  Flat mode (OWP = 0): n = oh * OW + ow through base[n].
+    Row-aligned mode (OWP > 0): n = oh * OWP + ow with rows padded to a multiple of row_align, so
+    a vector of row_align pixels is one contiguous input run and the gather needs no table.  Flat
+    mode (OWP = 0): n = oh * OW + ow through base[n]."""
     OWP = ROWV = 0
-    for ra in (row_align if isinstance(row_align, (tuple, list)) else (row_align,)):
+    for ra in row_align if isinstance(row_align, (tuple, list)) else (row_align,):
         if ra and _round_up(OW, ra) <= max_row_waste * OW:
             OWP, ROWV = _round_up(OW, ra), ra
             break
@@ -223,13 +132,158 @@ def lower_conv(data_shape, weight, *, stride=(1, 1), padding=(0, 0, 0, 0), dilat
     else:
         base = np.where(n < NN, (n // OW) * sh * Wp + (n % OW) * sw, 0)
     base = base.astype(np.int64)
+    return OWP, ROWV, NTC, NP, NRP, base
+
+
+def _gather_entries(mask, lidx, G, Cg):
+    """Per conv group, the gather rows (local s, i, j) with (i, j) in Omega_s of a live map s."""
+    entries = []
+    for g in range(G):
+        e = []
+        for s in range(Cg):
+            if g * Cg + s in lidx:
+                e.extend((s, i, j) for i, j in zip(*np.nonzero(mask[g * Cg + s])))
+        entries.append(e)
+    return entries
+
+
+def _pack(weight, entries, lidx, G, TO, TI, KP, strides):
+    """The packed compact filter F [G, TO, KP, TI] and the gather offsets off [G, KP] (padded rows
+    point to the zero map L, with zero weights)."""
+    HW, Wp, dh, dw = strides
+    T, Cg, kh, kw = weight.shape
+    Tg = T // G
+    F = np.zeros((G, TO * TI, KP), dtype=np.float32)
+    off = np.full((G, KP), len(lidx) * HW, dtype=np.int32)
+    wg = weight.reshape(G, Tg, Cg, kh, kw)
+    for g, e in enumerate(entries):
+        if not e:
+            continue
+        s, i, j = (np.array(x) for x in zip(*e))
+        F[g, :Tg, : len(e)] = wg[g][:, s, i, j]
+        l = np.array([lidx[g * Cg + x] for x in s])
+        off[g, : len(e)] = l * HW + i * dh * Wp + j * dw
+    return np.ascontiguousarray(F.reshape(G, TO, TI, KP).transpose(0, 1, 3, 2)), off
+
+
+def _sizes(data_shape, weight_shape, stride, padding, dilation, groups) -> dict:
+    """The problem sizes of ConvGeometry (N ... Wp) of one conv; ValueError for an impossible one."""
+    N, C, H, W = (int(x) for x in data_shape)
+    T, Cg, kh, kw = (int(x) for x in weight_shape)
+    G = int(groups)
+    if C != Cg * G or T % G:
+        raise ValueError(f"bad conv: data C={C}, weight {tuple(weight_shape)}, groups={G}")
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    pt, pl, pb, pr = _pad4(padding)
+    OH, OW = conv_output_size(H, W, kh, kw, (sh, sw), (pt, pl, pb, pr), (dh, dw))
+    if OH <= 0 or OW <= 0:
+        raise ValueError("empty conv output")
+    # rows / cols of the padded input that are ever read
+    Hp = max((OH - 1) * sh + (kh - 1) * dh + 1, 1)
+    Wp = max((OW - 1) * sw + (kw - 1) * dw + 1, 1)
+    return dict(
+        N=N,
+        C=C,
+        H=H,
+        W=W,
+        T=T,
+        G=G,
+        Cg=Cg,
+        Tg=T // G,
+        kh=kh,
+        kw=kw,
+        sh=sh,
+        sw=sw,
+        dh=dh,
+        dw=dw,
+        pt=pt,
+        pl=pl,
+        pb=pb,
+        pr=pr,
+        OH=OH,
+        OW=OW,
+        Hp=Hp,
+        Wp=Wp,
+    )
+
+
+def lower_conv(
+    data_shape,
+    weight,
+    *,
+    stride=(1, 1),
+    padding=(0, 0, 0, 0),
+    dilation=(1, 1),
+    groups=1,
+    TI=6,
+    NV=32,
+    kc_max=None,
+    k_align=1,
+    row_align=0,
+    max_row_waste=1.2,
+    chunk_tiles=(1,),
+    to_multiple=1,
+    whole_rows=False,
+    dense=False,
+):
+    """Build geometry + numpy constants of the gather-GEMM lowering.
+
+    Returns (geom, F, live, off, base):
+      F    float32 [G, TO, KP, TI]  packed compact filter, F[g, to, k, ti] = W[g*Tg + to*TI+ti, k-th
+                                    surviving (s, i, j) of group g]; zero in padded rows / columns.
+      live int32   [L + 1]          global input channel of each stored (padded) map; the last map
+                                    is an all-zero map that padded gather rows point to.
+      off  int32   [G, KP]          offset of gather row k in the flat padded per-image input
+                                    (l * Hp*Wp + i*dh*Wp + j*dw).
+      base int32   [NP]             offset of output pixel n: (n // OW)*sh*Wp + (n % OW)*sw
+                                    (0 for padded pixels n >= OH*OW, results discarded); the
+                                    kernels use it only in flat mode (geom.OWP == 0).
+    Only live maps (non-empty Omega_s) are copied, so dead input maps are never read.  ``dense=True``
+    keeps every group (the dense im2col GEMM); the other keywords are layout choices of the schedules."""
+    weight = np.asarray(weight, dtype=np.float32)
+    z = _sizes(data_shape, weight.shape, stride, padding, dilation, groups)
+    G, C, Cg, Tg, kh, kw, Hp, Wp = z["G"], z["C"], z["Cg"], z["Tg"], z["kh"], z["kw"], z["Hp"], z["Wp"]
+
+    # [C, kh, kw]: the surviving groups, or all of them for the dense im2col baseline
+    mask = np.ones((C, kh, kw), dtype=bool) if dense else group_mask(weight, G).numpy()
+    live_ch = [c for c in range(C) if mask[c].any()]
+    L = len(live_ch)
+    lidx = {c: i for i, c in enumerate(live_ch)}
+    HW = Hp * Wp
+
+    entries = _gather_entries(mask, lidx, G, Cg)
+    K_per_group = tuple(len(e) for e in entries)
+    KP = max(max(K_per_group), 1)
+    # reduction blocking: KP = nkb * KC (padded rows read the zero map with zero weights)
+    nkb = 1 if not kc_max else -(-KP // kc_max)
+    KC = _round_up(-(-KP // nkb), k_align)
+    KP = nkb * KC
+    TO = _round_up((Tg + TI - 1) // TI, to_multiple)
+    F, off = _pack(weight, entries, lidx, G, TO, TI, KP, (HW, Wp, z["dh"], z["dw"]))
+
+    OWP, ROWV, NTC, NP, NRP, base = _pixel_numbering(
+        z["OH"], z["OW"], z["sh"], z["sw"], Wp, NV, row_align, max_row_waste, chunk_tiles, whole_rows
+    )
     live = np.array(live_ch + [0], dtype=np.int32)
     DPLEN = _round_up(max((L + 1) * HW, int(off.max()) + int(base.max()) + 1), HW)
     assert DPLEN < 2**31, "input too large for int32 offsets"
     base = base.astype(np.int32)
 
-    geom = ConvGeometry(N=N, C=C, H=H, W=W, T=T, G=G, Cg=Cg, Tg=Tg, kh=kh, kw=kw, sh=sh, sw=sw,
-                        dh=dh, dw=dw, pt=pt, pl=pl, pb=pb, pr=pr, OH=OH, OW=OW, Hp=Hp, Wp=Wp,
-                        L=L, KP=KP, KC=KC, K_per_group=K_per_group, TI=TI, TO=TO, NV=NV, NP=NP,
-                        OWP=OWP, ROWV=ROWV, NTC=NTC, NRP=NRP, DPLEN=DPLEN)
+    geom = ConvGeometry(
+        **z,
+        L=L,
+        KP=KP,
+        KC=KC,
+        K_per_group=K_per_group,
+        TI=TI,
+        TO=TO,
+        NV=NV,
+        NP=NP,
+        OWP=OWP,
+        ROWV=ROWV,
+        NTC=NTC,
+        NRP=NRP,
+        DPLEN=DPLEN,
+    )
     return geom, F, live, off, base

@@ -42,14 +42,12 @@ def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool):
             return (n // g_.OWP) * (g_.sh * g_.Wp) + (n % g_.OWP) * g_.sw
         return base[n]
 
-    P = te.compute((g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: Dp[b, off[g, k] + pix(n)],
-                   name="P")
+    P = te.compute((g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: Dp[b, off[g, k] + pix(n)], name="P")
     k = te.reduce_axis((0, g_.KP), name="k")
     if g_.NRP:  # whole-row chunks: C keeps (row, padded column) axes so the epilogue is affine
         C = te.compute(
             (g_.N, g_.G, g_.TO * g_.TI, g_.NRP, g_.OWP),
-            lambda b, g, t, r, w: te.sum(
-                F[g, t // g_.TI, k, t % g_.TI] * P[b, g, k, r * g_.OWP + w], axis=k),
+            lambda b, g, t, r, w: te.sum(F[g, t // g_.TI, k, t % g_.TI] * P[b, g, k, r * g_.OWP + w], axis=k),
             name="C",
         )
     else:
@@ -86,9 +84,8 @@ def dense_te(M, K, O, OI, has_bias: bool, relu: bool, MP=None):
     bias = te.placeholder((O,), "float32", name="bias") if has_bias else None
     k = te.reduce_axis((0, K), name="k")
     C = te.compute(
-        (MP, OO * OI),
-        lambda m, o: te.sum(x[tirx.min(m, M - 1), k] * Wp[o // OI, k, o % OI], axis=k),
-        name="C")
+        (MP, OO * OI), lambda m, o: te.sum(x[tirx.min(m, M - 1), k] * Wp[o // OI, k, o % OI], axis=k), name="C"
+    )
 
     def epi(m, o):
         v = C[m, o]

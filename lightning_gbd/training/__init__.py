@@ -1,0 +1,1 @@
+"""Training side: the Lightning callbacks, checkpoint I/O and the sparsity reports."""

@@ -1,0 +1,122 @@
+"""Load an exported artifact directory as a callable (torch tensors or numpy arrays in and out)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+
+from ..errors import ArtifactError
+from .manifest import LIB_NAME, MANIFEST, sha256_file
+
+_CACHE: dict = {}
+_LOCK = threading.Lock()
+
+
+class CompiledModel:
+    """A compiled GBD model; ``model(x)`` returns the same kind of array it was given."""
+
+    def __init__(self, out_dir, manifest, vm, device):
+        self.out_dir = out_dir
+        self.manifest = manifest
+        self.vm = vm
+        self.device = device
+        self._main = vm["main"]
+        self.input_shape = tuple(manifest["input"]["shape"])
+        self.input_dtype = manifest["input"].get("dtype", "float32")
+        self._on_cpu = manifest.get("device", "cpu") == "cpu"
+
+    def __repr__(self):
+        return f"CompiledModel({self.out_dir!r}, input={list(self.input_shape)}, device={self.device})"
+
+    def _to_tvm(self, x):
+        import tvm
+
+        if tuple(x.shape) != self.input_shape:
+            raise ValueError(f"expected input shape {list(self.input_shape)}, got {list(x.shape)}")
+        if hasattr(x, "detach"):  # torch
+            t = x.detach()
+            if str(t.dtype) != f"torch.{self.input_dtype}":
+                import torch
+
+                t = t.to(getattr(torch, self.input_dtype))
+            if self._on_cpu and t.device.type == "cpu":
+                return tvm.runtime.from_dlpack(t.contiguous())
+            return tvm.runtime.tensor(t.cpu().contiguous().numpy(), self.device)
+        arr = np.ascontiguousarray(np.asarray(x, dtype=self.input_dtype))
+        return tvm.runtime.tensor(arr, self.device)
+
+    def run_tvm(self, x):
+        """Run on a ``tvm.runtime.Tensor`` already on the device (no conversion)."""
+        return self._main(x)
+
+    def __call__(self, x):
+        out = self._main(self._to_tvm(x))
+        if hasattr(out, "numpy"):
+            return self._convert(out, x)
+        outs = tuple(self._convert(o, x) for o in out)  # a model with several outputs
+        return outs[0] if len(outs) == 1 else outs
+
+    @staticmethod
+    def _convert(out, like):
+        if hasattr(like, "detach"):
+            import torch
+
+            res = torch.from_numpy(out.numpy())
+            return res.to(like.device) if like.device.type != "cpu" else res
+        return out.numpy()
+
+
+def load(out_dir, *, device=None, check_sha=True) -> CompiledModel:
+    """Load ``out_dir`` written by ``gbd-export`` / ``export_model``.
+
+    Refuses an artifact whose library sha256 differs from ``manifest.json``.  Loaded libraries
+    are cached per (path, sha256), so repeated calls are cheap.
+    """
+    import tvm
+    from tvm import relax
+
+    out_dir = os.path.abspath(str(out_dir))
+    man_path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(man_path):
+        raise ArtifactError(f"{out_dir}: no manifest.json (not a gbd-export artifact)")
+    with open(man_path) as f:
+        manifest = json.load(f)
+    lib_path = os.path.join(out_dir, manifest.get("library", LIB_NAME))
+    if not os.path.isfile(lib_path):
+        raise ArtifactError(f"{lib_path}: library missing")
+    st = os.stat(lib_path)
+    key = (lib_path, st.st_mtime_ns, st.st_size, manifest.get("library_sha256"), str(device))
+    with _LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    if check_sha:
+        sha = sha256_file(lib_path)
+        if sha != manifest.get("library_sha256"):
+            raise ArtifactError(
+                f"{lib_path}: sha256 {sha[:16]}... does not match the manifest "
+                f"({str(manifest.get('library_sha256'))[:16]}...); refusing to load"
+            )
+    if device is None:
+        device = tvm.cuda(0) if manifest.get("device") == "cuda" else tvm.cpu(0)
+    if manifest.get("device") == "cuda" and not device.exist:
+        raise ArtifactError(f"{out_dir}: CUDA artifact but no CUDA device here")
+    # dlopen returns the library already loaded from the same path, even if the file was replaced
+    # by a newer export: load a per-content copy so a re-export in this process is really loaded
+    import shutil
+    import tempfile
+
+    tag = str(manifest.get("library_sha256") or st.st_mtime_ns)[:32]
+    unique = os.path.join(tempfile.gettempdir(), f"gbd_{os.getpid()}_{tag}.so")
+    if not os.path.exists(unique):
+        shutil.copyfile(lib_path, unique + ".tmp")
+        os.replace(unique + ".tmp", unique)
+    lib = tvm.runtime.load_module(unique)
+    vm = relax.VirtualMachine(lib, device)
+    model = CompiledModel(out_dir, manifest, vm, device)
+    with _LOCK:
+        _CACHE[key] = model
+    return model

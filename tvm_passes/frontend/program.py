@@ -1,0 +1,171 @@
+"""The torch side of the frontend: read a ``.pt2``, find its example input and shape, re-export
+for another static shape, refuse NaN/Inf weights - all with one-line ``ExportError``s."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from lightning_gbd.core.pt2 import EXPORT_SETTINGS, RUN_PT2
+
+from ..errors import ExportError
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def load_exported_program(path: str):
+    """Load a ``.pt2`` with ``torch.export.load`` (the safe loader); one-line errors."""
+    return read_pt2(path)[0]
+
+
+def resolve_model_path(path: str) -> str:
+    """A ``.pt2`` file, or a ``gbd fit`` run directory holding ``model.pt2``."""
+    if os.path.isdir(path):
+        found = os.path.join(path, RUN_PT2)
+        if not os.path.isfile(found):
+            raise ExportError(f"{path}: a directory without {RUN_PT2} (not a finished `gbd fit` run)")
+        return found
+    if path.endswith(".ckpt"):
+        raise ExportError(
+            f"{path}: a Lightning checkpoint; export its run directory (it holds {RUN_PT2}) or write a "
+            ".pt2 from it with `gbd pt2 --config RUN/config.yaml --ckpt CKPT --out model.pt2`"
+        )
+    return path
+
+
+def read_pt2(path: str) -> tuple:
+    """``(ExportedProgram, export settings dict)`` of a ``.pt2`` (settings ``{}`` when it has none)."""
+    torch = _torch()
+    if not os.path.isfile(path):
+        raise ExportError(f"{path}: no such file")
+    if not path.endswith(".pt2"):
+        raise ExportError(
+            f"{path}: unsupported model file (expected a torch.export .pt2 written by "
+            "lightning_gbd.save_pt2 or torch.export.save)"
+        )
+    import logging
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ExportError(f"{path}: not a valid torch.export .pt2 file (not a zip archive)")
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # torch logs a traceback before raising
+    extra = {EXPORT_SETTINGS: ""}
+    try:
+        ep = torch.export.load(path, extra_files=extra)
+    except Exception as exc:  # noqa: BLE001 - any failure means a malformed file
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path}: not a valid torch.export .pt2 file ({type(exc).__name__}: {msg[:200]})") from None
+    finally:
+        logger.setLevel(level)
+    try:
+        settings = json.loads(extra[EXPORT_SETTINGS]) if extra[EXPORT_SETTINGS] else {}
+    except ValueError:
+        raise ExportError(f"{path}: its {EXPORT_SETTINGS} is not valid JSON") from None
+    return ep, settings if isinstance(settings, dict) else {}
+
+
+def example_input_of(ep) -> object | None:
+    """The example input stored with an ExportedProgram (first user input), if any."""
+    ex = getattr(ep, "example_inputs", None)
+    if ex:
+        args, _kwargs = ex
+        if args:
+            return args[0]
+    return None
+
+
+def input_shape_of(ep) -> tuple | None:
+    """Static input shape of the (single) user input, None if symbolic."""
+    users = list(ep.graph_signature.user_inputs)
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in users:
+            val = node.meta.get("val")
+            if val is None:
+                return None
+            if not all(isinstance(d, int) for d in val.shape):
+                return None  # torch.SymInt: a dynamic dimension (int(d) would give its hint)
+            return tuple(int(d) for d in val.shape)
+    return None
+
+
+def specialize(ep_or_module, example_input):
+    """A static-shape ExportedProgram for ``example_input`` (re-exports when needed)."""
+    torch = _torch()
+    shape = tuple(example_input.shape)
+    if isinstance(ep_or_module, torch.export.ExportedProgram):
+        if input_shape_of(ep_or_module) == shape:
+            return ep_or_module
+        module = ep_or_module.module()
+    else:
+        module = ep_or_module
+    # ep.module() refuses eval()/train(); it is already an inference graph
+    was_training = (
+        not isinstance(ep_or_module, torch.export.ExportedProgram)
+        and isinstance(module, torch.nn.Module)
+        and module.training
+    )
+    try:
+        if was_training:
+            module.eval()  # inference graph: BN with running statistics, no dropout
+        with torch.no_grad():
+            return torch.export.export(module, (example_input,))
+    except Exception as exc:  # noqa: BLE001
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(
+            f"cannot export the model for input shape {list(shape)}; re-export the .pt2 with this "
+            f"shape ({type(exc).__name__}: {msg[:200]})"
+        ) from None
+    finally:
+        if was_training:
+            module.train()
+
+
+def check_finite(ep) -> None:
+    """Refuse weights / buffers holding NaN or Inf, naming the layer (before any compilation)."""
+    torch = _torch()
+    tensors = list(ep.state_dict.items()) + list(getattr(ep, "constants", {}).items())
+    for key, val in tensors:
+        if not isinstance(val, torch.Tensor) or not val.is_floating_point():
+            continue
+        val = val.detach()
+        bad = "NaN" if torch.isnan(val).any() else ("Inf" if torch.isinf(val).any() else None)
+        if bad:
+            layer, _, what = key.rpartition(".")
+            if not layer:
+                layer, what = key, "tensor"
+            raise ExportError(f"layer {layer!r} {what} contains {bad}; refusing to export")
+
+
+def conv_names(ep) -> list[str]:
+    """Module names of the conv2d ops of ``ep`` in graph order (e.g. ``features.0``)."""
+    torch = _torch()
+    conv_targets = {torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default}
+    param_of = dict(ep.graph_signature.inputs_to_parameters)
+    names = []
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and node.target in conv_targets:
+            w = node.args[1]
+            pname = param_of.get(getattr(w, "name", ""), getattr(w, "name", "conv"))
+            names.append(pname[: -len(".weight")] if pname.endswith(".weight") else pname)
+    return names
+
+
+def linear_weights(ep) -> list:
+    """(module name, weight as stored (out, in)) of every ``nn.Linear``, in graph order."""
+    torch = _torch()
+    param_of = dict(ep.graph_signature.inputs_to_parameters)
+    out = []
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.linear.default:
+            pname = param_of.get(getattr(node.args[1], "name", ""))
+            tensor = ep.state_dict.get(pname) if pname else None
+            if tensor is not None and tensor.dtype == torch.float32:
+                name = pname[: -len(".weight")] if pname.endswith(".weight") else pname
+                out.append((name, tensor.detach().cpu().numpy()))
+    return out

@@ -1,0 +1,73 @@
+"""Small helpers over Relax expressions shared by the frontend and the passes.
+
+Layer names ride on the IR: the import sets the ``Span`` of every conv2d / matmul call to the
+PyTorch module name (``features.0``), the way TVM's frontends record the source layer of each
+op; passes that rebuild a call copy its span, and the kernels' records are read back from the
+rewritten module (``passes.records``).  No side tables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+
+def is_constant(expr) -> bool:
+    """Relax constant (``tvm.ir.Constant`` / ``GenericConst`` in TVM 0.27)."""
+    cls = getattr(relax, "Constant", None) or tvm.ir.Constant
+    return isinstance(expr, cls)
+
+
+def const_numpy(expr) -> np.ndarray:
+    """numpy value of a Relax constant (``.value`` in TVM 0.27, ``.data`` before)."""
+    val = expr.value if hasattr(expr, "value") else expr.data
+    return val.numpy()
+
+
+def type_of(expr):
+    """Type annotation of a Relax expr (``.ty`` in TVM 0.27, ``.struct_info`` before)."""
+    return expr.ty if hasattr(expr, "ty") else expr.struct_info
+
+
+def static_shape(expr) -> tuple | None:
+    """The static shape of a tensor-typed expr, None when unknown or symbolic."""
+    ty = type_of(expr)
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    try:
+        return tuple(int(d) for d in ty.shape.values)
+    except (TypeError, AttributeError):
+        return None
+
+
+def dtype_of(expr) -> str | None:
+    ty = type_of(expr)
+    return str(ty.dtype) if isinstance(ty, relax.TensorType) else None
+
+
+def op_name(expr) -> str | None:
+    """``relax.nn.conv2d`` etc. for a call of a Relax op, else None."""
+    if isinstance(expr, tvm.ir.Call) and isinstance(expr.op, tvm.ir.Op):
+        return expr.op.name
+    return None
+
+
+def layer_name(expr) -> str | None:
+    """The layer name the import put on this call's span (None if it has none)."""
+    span = getattr(expr, "span", None)
+    return span.source_name.name if span is not None and span.source_name is not None else None
+
+
+def named_span(name: str):
+    return tvm.ir.Span(tvm.ir.SourceName(name), 0, 0, 0, 0)
+
+
+def with_span(call, span):
+    """The same call with another span (a new node; the input is not changed)."""
+    return tvm.ir.Call(call.op, list(call.args), call.attrs, list(call.ty_args) if call.ty_args else None, span)
+
+
+def bindings(func) -> list:
+    """All bindings of a Relax function's body, in order."""
+    return [b for block in func.body.blocks for b in block.bindings]

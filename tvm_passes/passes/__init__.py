@@ -1,0 +1,9 @@
+"""The GBD Relax passes, each a pure module pass (a new module returned, the input untouched),
+and the one analysis that reads the per-layer records off the lowered module."""
+
+from .dead_channels import DeadChannels
+from .group_sparse_conv import RECORD_ATTR, GroupSparseConv
+from .lowrank_conv import LowRankConv
+from .records import collect_records, kernel_records
+
+__all__ = ["DeadChannels", "GroupSparseConv", "LowRankConv", "RECORD_ATTR", "collect_records", "kernel_records"]

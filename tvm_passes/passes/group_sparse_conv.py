@@ -1,0 +1,313 @@
+"""Relax pass 1: conv2d / matmul with constant weights -> scheduled kernel-library PrimFuncs.
+
+``relax.nn.conv2d(x, const W)`` (+ a per-channel constant bias add, + ReLU when they follow and
+nothing else reads the intermediate) becomes ``R.call_tir`` of ``conv2d_gather_gemm``: the GBD
+lowering of paper 000 section 3 / docs/formulas.md section 1 (gather the rows (s, i, j), (i, j) in
+Omega_s, then one GEMM with the compact filter matrix).  The cost model picks the sparse
+gather-GEMM or the dense im2col GEMM of the same kernel library per conv.
+``relax.matmul(x, const W)`` (+ bias, + ReLU) becomes ``dense_gemm``.  Written in the style of
+TVM's ``FoldBatchnormToConv2D`` (DPL patterns built in ``__init__``, a rewriter, ``rewrite_call``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+from .. import cost_model
+from ..ir import const_numpy, is_constant, layer_name, with_span
+from ..ir import dtype_of as _dtype
+from ..ir import static_shape as _static_shape
+
+#: the PrimFunc attribute holding a kernel's per-layer record (read by ``passes.records``)
+RECORD_ATTR = "gbd.layer"
+
+#: heavy ops that should never be left to the naive legalized path without a warning
+HEAVY_OPS = (
+    "relax.nn.conv1d",
+    "relax.nn.conv2d",
+    "relax.nn.conv3d",
+    "relax.nn.conv1d_transpose",
+    "relax.nn.conv2d_transpose",
+    "relax.matmul",
+)
+#: TIR op_pattern kOpaque: keeps FuseOps / FuseTIR away from the pre-scheduled kernels
+_OPAQUE = 8
+
+
+def _kernels():
+    from .. import kernels
+
+    return kernels
+
+
+def mark_kernel(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """Mark a kernel PrimFunc as scheduled (for dlight and meta_schedule) and opaque to fusion."""
+    if func.attrs is not None and "global_symbol" in func.attrs:
+        func = func.without_attr("global_symbol")  # AttachGlobalSymbol names it after its GlobalVar
+    func = func.with_attr("tirx.is_scheduled", True)
+    func = func.with_attr("tir.is_scheduled", True)
+    func = func.with_attr("op_pattern", _OPAQUE)
+    func = func.with_attr("gbd.kernel", True)
+    return func
+
+
+def use_counts(func: relax.Function) -> dict:
+    """Bound value (Call) -> number of uses of the variable it is bound to."""
+    counts: dict = {}
+    var_of = {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            var_of[binding.var] = binding.value
+            for v in relax.analysis.free_vars(binding.value):
+                counts[v] = counts.get(v, 0) + 1
+    for v in relax.analysis.free_vars(func.body.body):
+        counts[v] = counts.get(v, 0) + 1
+    return {value: counts.get(var, 0) for var, value in var_of.items()}
+
+
+def _channel_vector(const, n: int, axis_from_end: int):
+    """A constant that broadcasts per channel (size n at ``-axis_from_end``) as a vector, else None."""
+    arr = const_numpy(const)
+    if arr.dtype != np.float32:
+        return None
+    if arr.size == 1:
+        return np.full(n, float(arr.reshape(-1)[0]), dtype=np.float32)
+    if arr.ndim < axis_from_end or arr.shape[-axis_from_end] != n or arr.size != n:
+        return None
+    return np.ascontiguousarray(arr.reshape(-1))
+
+
+@tvm.transform.module_pass(opt_level=0, name="GroupSparseConv")
+class GroupSparseConv:
+    """Rewrite convs and linear layers with constant weights into kernel-library call_tir.
+
+    Each kernel PrimFunc carries its layer's record (name from the call's span, shapes, fused
+    epilogue, the cost model's decision) as the ``RECORD_ATTR`` attribute; ``passes.records``
+    reads them back.  ``sparse=False`` forces every conv to the dense im2col GEMM.
+    """
+
+    def __init__(self, target, *, sparse=True, warn=True):
+        self.target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
+        self.sparse = sparse
+        self.warn = warn
+
+        self.x = wildcard()
+        self.w = is_const()
+        self.b = is_const()
+        self.conv = is_op("relax.nn.conv2d")(self.x, self.w)
+        self.conv_bias = is_op("relax.add")(self.conv, self.b) | is_op("relax.add")(self.b, self.conv)
+        self.conv_bias_relu = is_op("relax.nn.relu")(self.conv_bias)
+        self.conv_relu = is_op("relax.nn.relu")(self.conv)
+        self.mm = is_op("relax.matmul")(self.x, self.w)
+        self.mm_bias = is_op("relax.add")(self.mm, self.b) | is_op("relax.add")(self.b, self.mm)
+        self.mm_bias_relu = is_op("relax.nn.relu")(self.mm_bias)
+        self.mm_relu = is_op("relax.nn.relu")(self.mm)
+        # most specific first: each stage is its own rewrite_call
+        self.stages = [
+            (self.conv_bias_relu, self.conv, True, True),
+            (self.conv_bias, self.conv, True, False),
+            (self.conv_relu, self.conv, False, True),
+            (self.conv, self.conv, False, False),
+            (self.mm_bias_relu, self.mm, True, True),
+            (self.mm_bias, self.mm, True, False),
+            (self.mm_relu, self.mm, False, True),
+            (self.mm, self.mm, False, False),
+        ]
+
+    # ------------------------------------------------------------------ helpers
+    def _intermediates_single_use(self, matches, root, core, has_bias, has_relu, uses):
+        inner = [matches[core]]
+        if has_bias and has_relu:
+            inner.append(matches[self.conv_bias if core is self.conv else self.mm_bias])
+        return all(uses.get(e, 0) == 1 for e in inner if not e.same_as(root))
+
+    def _conv_rewrite(self, expr, matches, has_bias, has_relu, uses, bb, count):
+        call = matches[self.conv]
+        if not self._intermediates_single_use(matches, expr, self.conv, has_bias, has_relu, uses):
+            return expr
+        a = call.attrs
+        data = matches[self.x]
+        dshape, oshape = _static_shape(data), _static_shape(call)
+        if (
+            str(a.data_layout) != "NCHW"
+            or str(a.kernel_layout) != "OIHW"
+            or str(a.out_layout) != "NCHW"
+            or _dtype(data) != "float32"
+            or _dtype(call) != "float32"
+            or dshape is None
+            or oshape is None
+        ):
+            return expr  # left to the generic path; warned about below
+        weight = const_numpy(matches[self.w])
+        if weight.dtype != np.float32:
+            return expr
+        bias = None
+        if has_bias:
+            bias = _channel_vector(matches[self.b], weight.shape[0], 3)
+            add_out = _static_shape(matches[self.conv_bias])
+            if bias is None or add_out != oshape:
+                return expr
+        groups = int(a.groups)
+        attrs = dict(
+            stride=tuple(int(v) for v in a.strides),
+            padding=tuple(int(v) for v in a.padding),
+            dilation=tuple(int(v) for v in a.dilation),
+            groups=groups,
+            relu=has_relu,
+        )
+        dec = cost_model.decide(dshape, weight, oshape, groups, sparse=self.sparse)
+        kernels = _kernels()
+        name = layer_name(call) or f"conv{count['conv2d']}"
+        count["conv2d"] += 1
+        try:
+            func, consts = kernels.conv2d_gather_gemm(
+                dshape, weight, bias, target=self.target, dense=dec.decision == "dense", **attrs
+            )
+        except Exception as exc:  # noqa: BLE001 - a layout the kernel library cannot schedule
+            warnings.warn(
+                f"gbd-export: conv {name!r} (input {list(dshape)}, weight {list(weight.shape)}) falls back "
+                f"to the dense legalized conv2d: kernel library failed "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})",
+                stacklevel=2,
+            )
+            return expr
+        record = {
+            "name": name,
+            "op": "conv2d",
+            "input_shape": list(dshape),
+            "weight_shape": [int(v) for v in weight.shape],
+            "output_shape": list(oshape),
+            "stride": list(attrs["stride"]),
+            "padding": list(attrs["padding"]),
+            "dilation": list(attrs["dilation"]),
+            "groups": groups,
+            "fused_bias": bias is not None,
+            "fused_relu": has_relu,
+            **dec.as_dict(),
+        }
+        gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), "gbd_conv_" + name.replace(".", "_"))
+        args = [data] + [relax.const(c) for c in consts]
+        return with_span(relax.call_tir(gv, args, relax.TensorType(oshape, "float32")), call.span)
+
+    def _mm_rewrite(self, expr, matches, has_bias, has_relu, uses, bb, count):
+        call = matches[self.mm]
+        if not self._intermediates_single_use(matches, expr, self.mm, has_bias, has_relu, uses):
+            return expr
+        data = matches[self.x]
+        dshape, oshape = _static_shape(data), _static_shape(call)
+        w = const_numpy(matches[self.w])
+        if (
+            dshape is None
+            or oshape is None
+            or len(dshape) != 2
+            or w.ndim != 2
+            or w.dtype != np.float32
+            or _dtype(data) != "float32"
+            or _dtype(call) != "float32"
+        ):
+            return expr
+        weight = np.ascontiguousarray(w.T)  # (out, in): y = x @ weight.T
+        bias = None
+        if has_bias:
+            bias = _channel_vector(matches[self.b], weight.shape[0], 1)
+            if bias is None or _static_shape(matches[self.mm_bias]) != oshape:
+                return expr
+        func, consts = _kernels().dense_gemm(dshape, weight, bias, relu=has_relu, target=self.target)
+        idx = count["linear"]
+        count["linear"] += 1
+        name = layer_name(call) or f"linear{idx}"
+        flops = 2 * dshape[0] * weight.shape[0] * weight.shape[1]
+        record = {
+            "name": name,
+            "op": "linear",
+            "input_shape": list(dshape),
+            "weight_shape": [int(v) for v in weight.shape],
+            "output_shape": list(oshape),
+            "fused_bias": bias is not None,
+            "fused_relu": has_relu,
+            "decision": "dense",
+            "density": 1.0,
+            "flops_dense": flops,
+            "flops_executed": flops,
+            "reason": "linear layer: dense GEMM of the kernel library",
+        }
+        gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), f"gbd_linear{idx}")
+        args = [data] + [relax.const(c) for c in consts]
+        return with_span(relax.call_tir(gv, args, relax.TensorType(oshape, "float32")), call.span)
+
+    # ------------------------------------------------------------------ pass
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        bb = relax.BlockBuilder(mod)
+        count = {"conv2d": 0, "linear": 0}  # fallback names of layers the import did not name
+        for gv, func in list(mod.functions_items()):
+            if not isinstance(func, relax.Function):
+                continue
+            if "Primitive" in func.attrs.keys() and func.attrs["Primitive"] != 0:
+                continue
+            for pattern, core, has_bias, has_relu in self.stages:
+                uses = use_counts(func)
+                if core is self.conv:
+
+                    def rewriter(expr, matches, hb=has_bias, hr=has_relu, u=uses):
+                        return self._conv_rewrite(expr, matches, hb, hr, u, bb, count)
+
+                else:
+
+                    def rewriter(expr, matches, hb=has_bias, hr=has_relu, u=uses):
+                        return self._mm_rewrite(expr, matches, hb, hr, u, bb, count)
+
+                func = rewrite_call(pattern, rewriter, func)
+                func = relax.analysis.remove_all_unused(func)
+            bb.update_func(gv, func)
+            if self.warn:
+                warn_leftovers(func)
+        return bb.get()
+
+
+def leftover_heavy_ops(func: relax.Function) -> list:
+    """(op name, reason) of conv / matmul calls the kernel library did not take."""
+    out = []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            v = binding.value
+            if not isinstance(v, tvm.ir.Call) or not isinstance(v.op, tvm.ir.Op):
+                continue
+            name = v.op.name
+            if name not in HEAVY_OPS:
+                continue
+            why = []
+            if _static_shape(v) is None or _static_shape(v.args[0]) is None:
+                why.append("dynamic shape")
+            if name == "relax.nn.conv2d":
+                a = v.attrs
+                if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW":
+                    why.append(f"layout {a.data_layout}/{a.kernel_layout}")
+                if _dtype(v.args[0]) != "float32":
+                    why.append(f"dtype {_dtype(v.args[0])}")
+                if not is_constant(v.args[1]):
+                    why.append("non-constant weight")
+            elif name == "relax.matmul":
+                if not is_constant(v.args[1]):
+                    why.append("non-constant weight")
+                elif _dtype(v.args[0]) != "float32":
+                    why.append(f"dtype {_dtype(v.args[0])}")
+                else:
+                    why.append("input is not 2-D")
+            else:
+                why.append("no GBD kernel for this op")
+            out.append((name, ", ".join(why) or "unsupported form"))
+    return out
+
+
+def warn_leftovers(func: relax.Function) -> None:
+    for name, why in leftover_heavy_ops(func):
+        warnings.warn(
+            f"gbd-export: {name} ({why}) is not handled by the GBD kernels; "
+            "falling back to the dense legalized op with a generic schedule",
+            stacklevel=3,
+        )

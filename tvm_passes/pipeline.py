@@ -1,0 +1,85 @@
+"""The compile pipeline: target, pass order, schedules, ``tvm.compile``.
+
+Order (paper 000 section 3 / docs/formulas.md section 1 for the two GBD passes):
+import (BN folded, constants folded, layers named) -> dead input maps removed (pass 2) ->
+optional low-rank decomposition -> conv / linear to kernel-library call_tir (pass 1, cost model
+per conv) -> LegalizeOps + fusion of the rest -> generic schedules (or a meta_schedule
+database) -> ``tvm.compile``.  The per-layer records are read off the result by one analysis.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from dataclasses import dataclass
+
+import tvm
+from tvm import relax
+
+from .frontend import ImportResult, import_program
+from .passes import DeadChannels, GroupSparseConv, LowRankConv, collect_records
+from .schedules import apply_generic_schedules, unscheduled_funcs
+
+
+def _backend_pipeline(target):
+    """TVM's per-target pass lists (``relax.backend.<target>.pipeline``)."""
+    name = "cuda" if target.kind.name == "cuda" else "cpu_generic"
+    return importlib.import_module(f"tvm.relax.backend.{name}.pipeline")
+
+
+@dataclass(frozen=True)
+class Lowered:
+    mod: tvm.IRModule  # ready for compile_module
+    records: list  # one dict per conv / linear kernel, graph order
+    decomposed: list  # one dict per conv LowRankConv decomposed
+    imported: ImportResult
+    tuning: dict | None
+
+
+def gbd_passes(target, *, sparse=True, decompose_error=None) -> tvm.transform.Pass:
+    """The GBD passes in their order, as one Sequential."""
+    passes = [DeadChannels()] if sparse else []
+    if decompose_error is not None:
+        passes.append(LowRankConv(decompose_error))
+    passes.append(GroupSparseConv(target, sparse=sparse))
+    return tvm.transform.Sequential(passes, name="GBDPasses")
+
+
+def lower(ep, target, *, sparse=True, tune_trials=0, tune_db=None, log=None, decompose_error=None) -> Lowered:
+    """Relax + TIR module ready for ``compile_module``, with its per-layer records.
+
+    With ``decompose_error`` e, convs whose weight has PCA rank K at error e with fewer FLOPs are
+    decomposed first (``passes.LowRankConv``)."""
+    imp = import_program(ep)
+    mod = gbd_passes(target, sparse=sparse, decompose_error=decompose_error)(imp.mod)
+    records, decomposed = collect_records(imp.mod, mod, decompose_error)
+    with target:
+        mod = tvm.transform.Sequential(
+            _backend_pipeline(target).library_dispatch_passes(target)
+            + [
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+                relax.transform.DeadCodeElimination(),
+            ]
+        )(mod)
+    tuning = None
+    if tune_trials and tune_trials > 0:
+        from .tuning import DEFAULT_TUNE_DB, tune_and_apply
+
+        mod, tuning = tune_and_apply(mod, target, tune_trials, tune_db or DEFAULT_TUNE_DB, log=log)
+    mod = apply_generic_schedules(mod, target)
+    left = unscheduled_funcs(mod)
+    if left:
+        warnings.warn(f"gbd-export: no schedule rule applied to {', '.join(left)}", stacklevel=2)
+    return Lowered(mod, records, decomposed, imp, tuning)
+
+
+def compile_module(mod, target):
+    pipeline = tvm.transform.Sequential(
+        _backend_pipeline(target).dataflow_lower_passes(target) + _backend_pipeline(target).finalize_passes(target)
+    )
+    with target:
+        return tvm.compile(mod, target=target, relax_pipeline=pipeline)
