@@ -44,7 +44,13 @@ def test_lenet5_gbd(tmp_path):
     with open(tmp_path / "manifest.json") as f:
         disk = json.load(f)
     assert disk["library_sha256"] == man["library_sha256"]
-    assert disk["input"] == {"name": "input", "shape": [2, 1, 28, 28], "dtype": "float32"}
+    assert disk["input"] == {
+        "name": "input",
+        "shape": [2, 1, 28, 28],
+        "dtype": "float32",
+        "dynamic_batch": False,
+        "example_batch": 2,
+    }
     assert [c["name"] for c in disk["convs"]] == ["0", "2"]
     conv2 = disk["convs"][1]
     assert conv2["decision"] == "gather-gemm"

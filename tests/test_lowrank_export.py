@@ -1,4 +1,4 @@
-"""Decomposed models round-trip through the TVM export (paper 002, formulas.md section 3)."""
+"""Decomposed models round-trip through the TVM export (paper 002, docs/formulas.md section 3)."""
 
 import json
 

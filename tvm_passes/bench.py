@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
@@ -29,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="threads of the runtime (default: TVM_NUM_THREADS or the cores this process may use)",
     )
-    p.add_argument("--rounds", type=int, default=50, help="timed calls per artifact (default 50)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds of ~50 ms of back-to-back calls per artifact")
     p.add_argument("--budget", type=float, default=60.0, help="seconds for all rounds (fewer rounds if slower)")
     p.add_argument("--json", default=None, help="write the report here")
     return p
@@ -50,21 +49,20 @@ def summarize(samples_ms: list, batch: int) -> dict:
     }
 
 
-def bench(artifacts: list, *, threads=None, rounds=50, budget_s=60.0) -> dict:
-    """``{artifact: summary}``; every call is timed on its own (one call per sample)."""
-    if threads is not None:  # read by TVM's thread pool when it starts
-        os.environ["TVM_NUM_THREADS"] = str(threads)
+def bench(artifacts: list, *, threads=None, rounds=10, budget_s=60.0) -> dict:
+    """``{artifact: summary}``: the artifacts interleaved round by round, every call timed."""
     from .artifact.loader import load
 
     fns, batches = {}, {}
     rng = np.random.default_rng(0)
     for path in artifacts:
-        model = load(path)
-        x = rng.standard_normal(model.input_shape).astype(model.input_dtype)
+        model = load(path, threads=threads)
+        x = rng.standard_normal(model.example_shape()).astype(model.input_dtype)
         xt = model._to_tvm(x)
         fns[path] = lambda m=model, xt=xt: m.run_tvm(xt)
-        batches[path] = int(model.input_shape[0])
-    res = time_interleaved(fns, rounds=rounds, sample_ms=0.0, budget_s=budget_s, min_rounds=min(rounds, 5))
+        batches[path] = model.batch
+    # rounds of back-to-back calls (a steady stream of requests), every call timed
+    res = time_interleaved(fns, rounds=rounds, sample_ms=50.0, budget_s=budget_s, min_rounds=3, per_call=True)
     return {p: summarize(r["samples"], batches[p]) for p, r in res.items()}
 
 

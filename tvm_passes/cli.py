@@ -22,6 +22,14 @@ def _shape(text):
     return dims
 
 
+def _batch(text):
+    if text == "dynamic":
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"bad batch {text!r} (expected 'dynamic' or a positive number)")
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="gbd-export", description="Compile a group-sparse (GBD) PyTorch model with TVM into --out DIR."
@@ -39,6 +47,13 @@ def build_parser():
     p.add_argument(
         "--tune-db", default=None, help="persistent tuning database dir (default ~/.cache/lightning_gbd/tune_db)"
     )
+    p.add_argument(
+        "--batch",
+        type=_batch,
+        default=None,
+        help="'dynamic': kernels for any batch at run time (see README: slower than a fixed batch today); "
+        "or a number: that batch (default: the .pt2's example input)",
+    )
     p.add_argument("--dense", action="store_true", help="force every conv to the dense kernel path")
     p.add_argument(
         "--decompose-error",
@@ -55,6 +70,16 @@ def build_parser():
 def _one_line(exc) -> str:
     text = " ".join(str(exc).split())
     return text[:400] if text else type(exc).__name__
+
+
+def _with_batch(input_shape, batch, ep):
+    """``--input-shape`` with ``--batch N`` applied to it (or to the program's example input)."""
+    if not isinstance(batch, int):
+        return input_shape
+    from .frontend import example_input_of, input_shape_of
+
+    base = input_shape or input_shape_of(ep) or tuple(example_input_of(ep).shape)
+    return (batch, *base[1:])
 
 
 def main(argv=None) -> int:
@@ -78,7 +103,8 @@ def main(argv=None) -> int:
                 tune_trials=args.tune_trials,
                 tune_db=args.tune_db,
                 do_verify=not args.no_verify,
-                input_shape=args.input_shape,
+                input_shape=_with_batch(args.input_shape, args.batch, ep),
+                dynamic_batch=(args.batch or settings.get("batch")) == "dynamic",
                 decompose_error=args.decompose_error,
                 progress=False if args.quiet else None,
             )

@@ -71,3 +71,35 @@ def with_span(call, span):
 def bindings(func) -> list:
     """All bindings of a Relax function's body, in order."""
     return [b for block in func.body.blocks for b in block.bindings]
+
+
+def kernel_shape(expr) -> tuple | None:
+    """The shape of a tensor whose dims are static except, possibly, a symbolic leading (batch)
+    dim (kept as its ``tir.Var``); None for anything else."""
+    ty = type_of(expr)
+    if not isinstance(ty, relax.TensorType) or ty.shape is None or not hasattr(ty.shape, "values"):
+        return None
+    out = []
+    for i, d in enumerate(ty.shape.values):
+        if isinstance(d, tvm.tirx.IntImm):
+            out.append(int(d))
+        elif i == 0 and isinstance(d, tvm.tirx.Var):
+            out.append(d)
+        else:
+            return None
+    return tuple(out)
+
+
+def same_shape(a, b) -> bool:
+    """Shape equality that also holds for the same symbolic dim."""
+    return a is not None and b is not None and [str(v) for v in a] == [str(v) for v in b]
+
+
+def batch_count(shape) -> int:
+    """The batch of a kernel shape for FLOP counts: the static one, or 1 (per image) when symbolic."""
+    return shape[0] if isinstance(shape[0], int) else 1
+
+
+def shape_record(shape) -> list:
+    """A kernel shape for the manifest: a symbolic batch dim as its name (e.g. ``"batch"``)."""
+    return [v if isinstance(v, int) else str(v) for v in shape]

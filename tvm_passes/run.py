@@ -10,7 +10,7 @@ import numpy as np
 
 
 def run_batches(model, x: np.ndarray) -> np.ndarray:
-    n = model.input_shape[0]
+    n = model.batch
     if tuple(x.shape[1:]) != tuple(model.input_shape[1:]):
         raise ValueError(
             f"inputs of shape {list(x.shape[1:])} per item, the artifact takes {list(model.input_shape[1:])}"

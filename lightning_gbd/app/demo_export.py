@@ -27,7 +27,7 @@ net = LeNet5().eval()
 net.load_state_dict(torch.load(sys.argv[1], weights_only=True))
 x = torch.load(sys.argv[2], weights_only=True)
 with torch.no_grad():
-    print(time_interleaved({"t": lambda: net(x)}, rounds=50, sample_ms=0.0, budget_s=30)["t"]["ms"])
+    print(time_interleaved({"t": lambda: net(x)}, rounds=10, sample_ms=50.0, budget_s=30, per_call=True)["t"]["ms"])
 """
 
 

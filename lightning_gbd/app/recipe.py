@@ -60,7 +60,8 @@ def write_run_pt2(model, export: dict, datamodule, run_dir: Path) -> Path | None
         return None
     net = model.net if hasattr(model, "net") else model
     path = run_dir / RUN_PT2
-    save_pt2(net.to("cpu"), torch.randn(*shape), path, settings={"target": export.get("target") or "llvm"})
+    settings = {"target": export.get("target") or "llvm"}
+    save_pt2(net.to("cpu"), torch.randn(*shape), path, settings=settings)
     rank_zero_info(f"gbd: wrote {path} (input {list(shape)}): gbd-export {run_dir} --out DIR")
     return path
 

@@ -1,4 +1,4 @@
-"""The group-sparsity regularizers of paper 000 (formulas.md section 1, eq. 3-5).
+"""The group-sparsity regularizers of paper 000 (docs/formulas.md section 1, eq. 3-5).
 
 Each comes as a penalty (for logging and for autograd checks) and as its closed-form gradient,
 which the callbacks add to ``weight.grad`` before the optimizer step.

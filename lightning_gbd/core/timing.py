@@ -29,12 +29,15 @@ def time_interleaved(
     min_rounds: int = 3,
     warmup: int = 1,
     clock: Callable[[], float] = time.perf_counter,
+    per_call: bool = False,
 ) -> dict[str, dict]:
     """Median time (ms) per call of each function in ``fns`` (name -> callable), timed round-robin.
 
     ``clock=time.thread_time`` with one thread gives the CPU time of the calling thread, which
-    does not count time spent preempted by other processes.  Returns ``{name: {"ms": median,
-    "min_ms": best round, "samples": [...], "inner": calls per sample}}``."""
+    does not count time spent preempted by other processes.  ``per_call=True`` keeps the time of
+    every call as a sample (for latency percentiles; the calls of one round still run back to back).
+    Returns ``{name: {"ms": median, "min_ms": best sample, "samples": [...], "inner": calls per
+    round}}``."""
     names = list(fns)
     inner, est = {}, {}
     for n in names:
@@ -49,10 +52,16 @@ def time_interleaved(
     for _ in range(r):
         for n in names:
             f, k = fns[n], inner[n]
-            t0 = clock()
-            for _ in range(k):
-                f()
-            samples[n].append((clock() - t0) / k * 1e3)
+            if per_call:
+                for _ in range(k):
+                    t0 = clock()
+                    f()
+                    samples[n].append((clock() - t0) * 1e3)
+            else:
+                t0 = clock()
+                for _ in range(k):
+                    f()
+                samples[n].append((clock() - t0) / k * 1e3)
             time.sleep(0.01)  # let spinning pool threads of the other runtime go idle
     return {
         n: {

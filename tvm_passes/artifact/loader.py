@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import threading
 
 import numpy as np
 
 from ..errors import ArtifactError
+from ..threads import configure as configure_threads
 from .manifest import LIB_NAME, MANIFEST, sha256_file
 
 _CACHE: dict = {}
@@ -24,7 +27,10 @@ class CompiledModel:
         self.vm = vm
         self.device = device
         self._main = vm["main"]
-        self.input_shape = tuple(manifest["input"]["shape"])
+        self.input_shape = tuple(manifest["input"]["shape"])  # ("batch", C, H, W) for a dynamic batch
+        self.dynamic_batch = bool(manifest["input"].get("dynamic_batch", False))
+        #: the batch it was exported at (any batch runs when dynamic_batch)
+        self.batch = int(manifest["input"].get("example_batch", self.input_shape[0]))
         self.input_dtype = manifest["input"].get("dtype", "float32")
         self._on_cpu = manifest.get("device", "cpu") == "cpu"
 
@@ -34,7 +40,8 @@ class CompiledModel:
     def _to_tvm(self, x):
         import tvm
 
-        if tuple(x.shape) != self.input_shape:
+        ok = tuple(x.shape[1:]) == self.input_shape[1:] and len(x.shape) == len(self.input_shape)
+        if not (ok and (self.dynamic_batch or x.shape[0] == self.input_shape[0]) and x.shape[0] >= 1):
             raise ValueError(f"expected input shape {list(self.input_shape)}, got {list(x.shape)}")
         if hasattr(x, "detach"):  # torch
             t = x.detach()
@@ -47,6 +54,10 @@ class CompiledModel:
             return tvm.runtime.tensor(t.cpu().contiguous().numpy(), self.device)
         arr = np.ascontiguousarray(np.asarray(x, dtype=self.input_dtype))
         return tvm.runtime.tensor(arr, self.device)
+
+    def example_shape(self, batch=None) -> tuple:
+        """The input shape at ``batch`` (default: the export's batch); a static artifact takes only its own."""
+        return (int(batch or self.batch), *self.input_shape[1:])
 
     def run_tvm(self, x):
         """Run on a ``tvm.runtime.Tensor`` already on the device (no conversion)."""
@@ -69,24 +80,22 @@ class CompiledModel:
         return out.numpy()
 
 
-def load(out_dir, *, device=None, check_sha=True) -> CompiledModel:
+def load(out_dir, *, device=None, check_sha=True, threads=None) -> CompiledModel:
     """Load ``out_dir`` written by ``gbd-export`` / ``export_model``.
 
     Refuses an artifact whose library sha256 differs from ``manifest.json``.  Loaded libraries
-    are cached per (path, sha256), so repeated calls are cheap.
+    are cached per (path, sha256), so repeated calls are cheap.  A CPU artifact configures the
+    runtime's thread pool (``tvm_passes.threads.configure``): ``threads`` threads, else
+    ``TVM_NUM_THREADS``, else every core this process may use; no pinning unless
+    ``TVM_BIND_THREADS=1``.
     """
     import tvm
     from tvm import relax
 
     out_dir = os.path.abspath(str(out_dir))
-    man_path = os.path.join(out_dir, MANIFEST)
-    if not os.path.isfile(man_path):
-        raise ArtifactError(f"{out_dir}: no manifest.json (not a gbd-export artifact)")
-    with open(man_path) as f:
-        manifest = json.load(f)
-    lib_path = os.path.join(out_dir, manifest.get("library", LIB_NAME))
-    if not os.path.isfile(lib_path):
-        raise ArtifactError(f"{lib_path}: library missing")
+    manifest, lib_path = _read_manifest(out_dir)
+    if manifest.get("device", "cpu") == "cpu":
+        threads = configure_threads(threads)
     st = os.stat(lib_path)
     key = (lib_path, st.st_mtime_ns, st.st_size, manifest.get("library_sha256"), str(device))
     with _LOCK:
@@ -104,19 +113,31 @@ def load(out_dir, *, device=None, check_sha=True) -> CompiledModel:
         device = tvm.cuda(0) if manifest.get("device") == "cuda" else tvm.cpu(0)
     if manifest.get("device") == "cuda" and not device.exist:
         raise ArtifactError(f"{out_dir}: CUDA artifact but no CUDA device here")
-    # dlopen returns the library already loaded from the same path, even if the file was replaced
-    # by a newer export: load a per-content copy so a re-export in this process is really loaded
-    import shutil
-    import tempfile
-
     tag = str(manifest.get("library_sha256") or st.st_mtime_ns)[:32]
-    unique = os.path.join(tempfile.gettempdir(), f"gbd_{os.getpid()}_{tag}.so")
-    if not os.path.exists(unique):
-        shutil.copyfile(lib_path, unique + ".tmp")
-        os.replace(unique + ".tmp", unique)
-    lib = tvm.runtime.load_module(unique)
-    vm = relax.VirtualMachine(lib, device)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(_private_copy(lib_path, tag)), device)
     model = CompiledModel(out_dir, manifest, vm, device)
     with _LOCK:
         _CACHE[key] = model
     return model
+
+
+def _read_manifest(out_dir) -> tuple[dict, str]:
+    man_path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(man_path):
+        raise ArtifactError(f"{out_dir}: no manifest.json (not a gbd-export artifact)")
+    with open(man_path) as f:
+        manifest = json.load(f)
+    lib_path = os.path.join(out_dir, manifest.get("library", LIB_NAME))
+    if not os.path.isfile(lib_path):
+        raise ArtifactError(f"{lib_path}: library missing")
+    return manifest, lib_path
+
+
+def _private_copy(lib_path, tag) -> str:
+    """dlopen returns the library already loaded from the same path, even if the file was replaced
+    by a newer export: load a per-content copy so a re-export in this process is really loaded."""
+    unique = os.path.join(tempfile.gettempdir(), f"gbd_{os.getpid()}_{tag}.so")
+    if not os.path.exists(unique):
+        shutil.copyfile(lib_path, unique + ".tmp")
+        os.replace(unique + ".tmp", unique)
+    return unique

@@ -44,7 +44,8 @@ def output_spec(ep) -> dict:
             val = vals[0] if isinstance(vals, (tuple, list)) else vals
             meta = getattr(val, "meta", {}).get("val")
             if meta is not None:
-                return {"shape": [int(d) for d in meta.shape], "dtype": str(meta.dtype).replace("torch.", "")}
+                shape = [d if isinstance(d, int) else "batch" for d in meta.shape]  # a SymInt: dynamic
+                return {"shape": shape, "dtype": str(meta.dtype).replace("torch.", "")}
     return {}
 
 

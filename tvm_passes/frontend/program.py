@@ -94,26 +94,33 @@ def input_shape_of(ep) -> tuple | None:
     return None
 
 
-def specialize(ep_or_module, example_input):
-    """A static-shape ExportedProgram for ``example_input`` (re-exports when needed)."""
+def specialize(ep_or_module, example_input, *, dynamic_batch=False):
+    """An ExportedProgram for ``example_input``'s shape (re-exported when needed); with
+    ``dynamic_batch`` its batch dim is symbolic (any batch at run time).  A model that fixes its
+    batch (e.g. a reshape to a constant) falls back to the static shape with a warning."""
     torch = _torch()
     shape = tuple(example_input.shape)
     if isinstance(ep_or_module, torch.export.ExportedProgram):
-        if input_shape_of(ep_or_module) == shape:
+        if input_shape_of(ep_or_module) == shape and not dynamic_batch:
             return ep_or_module
-        module = ep_or_module.module()
+        module = ep_or_module.module(check_guards=False)  # its shape guards are the old shape's
     else:
         module = ep_or_module
     # ep.module() refuses eval()/train(); it is already an inference graph
-    was_training = (
-        not isinstance(ep_or_module, torch.export.ExportedProgram)
-        and isinstance(module, torch.nn.Module)
-        and module.training
-    )
+    was_training = isinstance(module, torch.nn.Module) and not isinstance(ep_or_module, torch.export.ExportedProgram)
+    was_training = was_training and module.training
     try:
         if was_training:
             module.eval()  # inference graph: BN with running statistics, no dropout
         with torch.no_grad():
+            if dynamic_batch:
+                ep = _dynamic_batch_export(module, example_input)
+                if ep is not None:
+                    return ep
+            if isinstance(ep_or_module, torch.export.ExportedProgram):
+                # the program's input spec pins its own batch: free it first, then fix the new one
+                free = ({0: torch.export.Dim.AUTO},)
+                module = torch.export.export(module, (example_input,), dynamic_shapes=free).module()
             return torch.export.export(module, (example_input,))
     except Exception as exc:  # noqa: BLE001
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -124,6 +131,36 @@ def specialize(ep_or_module, example_input):
     finally:
         if was_training:
             module.train()
+
+
+def _dynamic_batch_export(module, example_input):
+    """``torch.export`` with a symbolic batch (traced at batch >= 2: torch specializes 0 and 1)."""
+    import warnings
+
+    torch = _torch()
+    x = example_input if example_input.shape[0] > 1 else torch.cat([example_input, example_input])
+    # no upper bound: Relax would plan every buffer for it (a 65536-image activation does not fit)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        return torch.export.export(module, (x,), dynamic_shapes=({0: batch},))
+    except Exception as exc:  # noqa: BLE001 - any refusal means: this model fixes its batch
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        warnings.warn(
+            f"gbd-export: the model does not export with a dynamic batch ({first}); "
+            f"compiling for batch {example_input.shape[0]} only",
+            stacklevel=4,
+        )
+        return None
+
+
+def is_dynamic_batch(ep) -> bool:
+    """The first user input's batch dim is symbolic."""
+    users = list(ep.graph_signature.user_inputs)
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in users:
+            val = node.meta.get("val")
+            return val is not None and not isinstance(val.shape[0], int)
+    return False
 
 
 def check_finite(ep) -> None:

@@ -1,5 +1,5 @@
 """CPU (LLVM, AVX-512) schedules of the gather-GEMM conv and the linear layer
-(paper 000 section 3; formulas.md section 1 "Lowering").
+(paper 000 section 3; docs/formulas.md section 1 "Lowering").
 
 Conv: one parallel task per (image, conv group, n-chunk of NTC*32 pixels, t-chunk).  Per task and
 per reduction block of KC gather rows, the patch block P[KC, chunk] is gathered (row-aligned
@@ -43,7 +43,9 @@ def _num_threads(target):
 def choose_t_split(geom: ConvGeometry, nthreads):
     """Number of t-chunks per (image, group, n-chunk) so that the parallel tasks keep all
     threads busy (batch 1, small maps); each t-chunk gathers its own patch panel."""
-    tasks0 = geom.N * geom.G * (geom.NP // (geom.NV * geom.NTC))
+    # a symbolic batch is planned for one image: latency at batch 1, enough tasks at any batch
+    images = geom.N if isinstance(geom.N, int) else 1
+    tasks0 = images * geom.G * (geom.NP // (geom.NV * geom.NTC))
     best, best_score = 1, -1.0
     to_tiles = -(-geom.Tg // geom.TI)  # ceil(Tg / TI)
     for tpo in range(1, 9):
@@ -60,7 +62,10 @@ def choose_t_split(geom: ConvGeometry, nthreads):
 
 
 def dense_row_tile(M):
-    """Rows per register tile of the linear layer (<= 8, little padding)."""
+    """Rows per register tile of the linear layer (<= 8, little padding); 4 for a symbolic batch
+    (little waste at batch 1, full tiles at large batches)."""
+    if not isinstance(M, int):
+        return 4
     if M <= 8:
         return M
     return min((6, 8, 7, 5, 4), key=lambda tm: (-(-M // tm) * tm - M, (6, 8, 7, 5, 4).index(tm)))
@@ -162,13 +167,12 @@ def schedule_dense_cpu(func, M, K, O, OI, TM, target, KC=256):
     sch = s_tir.schedule.Schedule(func)
     blk = sch.get_sblock("C")
     m, o, k = sch.get_loops(blk)
-    MP = -(-M // TM) * TM
-    mo, mi = sch.split(m, [MP // TM, TM])
+    mo, mi = sch.split(m, [None, TM])
     oo, oi = sch.split(o, [None, OI])
     nkb = -(-K // KC)
     ko, ki = sch.split(k, [nkb, -(-K // nkb)]) if K % nkb == 0 else sch.split(k, [1, K])
     OO = -(-O // OI)
-    if OO >= 2 * nthreads or MP // TM == 1:
+    if OO >= 2 * nthreads or (isinstance(M, int) and M <= TM):
         sch.reorder(oo, ko, mo, ki, mi, oi)
         par = oo
     else:

@@ -1,5 +1,5 @@
 """CUDA schedules of the gather-GEMM conv and the linear layer (paper 000 section 3;
-formulas.md section 1 "Lowering").
+docs/formulas.md section 1 "Lowering").
 
 Conv GEMM: one thread block per (image, conv group, 64 filter rows, 64 output pixels); per
 reduction step of KC rows the block stages the filter tile and the *gathered* patch tile
@@ -90,7 +90,7 @@ def schedule_dense_cuda(func, M, K, O, OI, target):
     _flat_bind(sch, sch.get_sblock("out"))
     blk = sch.get_sblock("C")
     m, o, k = sch.get_loops(blk)
-    mt_n = min(8, M)
+    mt_n = min(8, M) if isinstance(M, int) else 8
     ot_n = 32
     mb, mt = sch.split(m, [None, mt_n])
     ob, ot, oi = sch.split(o, [None, ot_n, OI])

@@ -1,12 +1,14 @@
 """Public entry points of the kernel library: the GBD gather-GEMM conv (paper 000, section 3;
-formulas.md section 1 "Lowering") and a dense linear layer, as scheduled TIR PrimFuncs plus the
+docs/formulas.md section 1 "Lowering") and a dense linear layer, as scheduled TIR PrimFuncs plus the
 numpy constants their extra parameters take."""
 
 from __future__ import annotations
 
 import numpy as np
 import tvm
+from tvm import tirx
 
+from ..threads import configure as configure_threads
 from . import cpu, cuda
 from .lowering import lower_conv
 from .te_defs import conv_te, dense_te
@@ -31,10 +33,20 @@ def _finish(func, target):
     return func
 
 
+def _batch_dim(dim):
+    """A static batch as an int; a symbolic one as a fresh int32 ``tir.Var`` (the kernels index in
+    int32; a Relax shape var is int64 and binds to it when the kernel is called)."""
+    if isinstance(dim, (int, np.integer)):
+        return int(dim)
+    return tirx.Var(getattr(dim, "name", "batch"), "int32")
+
+
 def compile_kernel(func, target):
     """Compile one kernel from this library on its own (tests, benchmarks); the result is
     callable as ``lib(*inputs, out)`` / ``lib["main"]``."""
     target = _as_target(target)
+    if not _is_gpu(target):
+        configure_threads()
     return tvm.compile(func.with_attr("global_symbol", "main"), target=target)
 
 
@@ -72,6 +84,7 @@ def conv2d_gather_gemm(
     else:
         lw = cpu.lowering_params(weight.shape[0] // groups)
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
+    data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
     geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw)
     if not gpu:
         tpo = cpu.choose_t_split(geom, cpu._num_threads(target))
@@ -110,7 +123,7 @@ def dense_gemm(in_shape, weight, bias=None, *, relu=False, target):
     target = _as_target(target)
     gpu = _is_gpu(target)
     weight = np.asarray(weight, dtype=np.float32)
-    M, K = (int(x) for x in in_shape)
+    M, K = _batch_dim(in_shape[0]), int(in_shape[1])
     O, K2 = weight.shape
     if K2 != K:
         raise ValueError(f"weight {weight.shape} does not match input {in_shape}")
@@ -119,7 +132,7 @@ def dense_gemm(in_shape, weight, bias=None, *, relu=False, target):
     if bias is not None:
         consts.append(np.ascontiguousarray(np.asarray(bias, dtype=np.float32).reshape(-1)))
     TM = cpu.dense_row_tile(M)
-    MP = M if gpu else -(-M // TM) * TM
+    MP = M if gpu else (M + TM - 1) // TM * TM
     func = dense_te(M, K, O, OI, bias is not None, relu, MP=MP)
     if gpu:
         func = cuda.schedule_dense_cuda(func, M, K, O, OI, target)

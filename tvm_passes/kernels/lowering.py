@@ -42,7 +42,7 @@ def _round_up(x, m):
 class ConvGeometry:
     """All sizes of one lowered conv (paper 000 section 3)."""
 
-    N: int
+    N: object  # images: an int, or a tir.Var for a dynamic batch
     C: int
     H: int
     W: int
@@ -168,7 +168,8 @@ def _pack(weight, entries, lidx, G, TO, TI, KP, strides):
 
 def _sizes(data_shape, weight_shape, stride, padding, dilation, groups) -> dict:
     """The problem sizes of ConvGeometry (N ... Wp) of one conv; ValueError for an impossible one."""
-    N, C, H, W = (int(x) for x in data_shape)
+    N = int(data_shape[0]) if isinstance(data_shape[0], (int, np.integer)) else data_shape[0]  # a tir.Var: dynamic
+    C, H, W = (int(x) for x in data_shape[1:])
     T, Cg, kh, kw = (int(x) for x in weight_shape)
     G = int(groups)
     if C != Cg * G or T % G:

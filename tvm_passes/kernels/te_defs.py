@@ -1,5 +1,5 @@
 """Tensor-expression definitions of the lowered conv and the linear layer (paper 000, section 3;
-formulas.md section 1 "Lowering").  Target-independent; the schedules are in cpu.py / cuda.py.
+docs/formulas.md section 1 "Lowering").  Target-independent; the schedules are in cpu.py / cuda.py.
 
 Stages of the conv (block names are relied upon by the schedules):
   "Dp"   padded copy of the *live* input maps, flat per image: Dp[b, l*Hp*Wp + h*Wp + w]
@@ -78,7 +78,7 @@ def dense_te(M, K, O, OI, has_bias: bool, relu: bool, MP=None):
     as [ceil(O/OI), K, OI] so the micro-kernel reads it contiguously; the GEMM runs over
     MP >= M rows (row index clamped, extra rows discarded) so register tiles divide evenly."""
     OO = (O + OI - 1) // OI
-    MP = MP or M
+    MP = M if MP is None else MP
     x = te.placeholder((M, K), "float32", name="x")
     Wp = te.placeholder((OO, K, OI), "float32", name="Wp")
     bias = te.placeholder((O,), "float32", name="bias") if has_bias else None

@@ -19,9 +19,8 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from .. import cost_model
-from ..ir import const_numpy, is_constant, layer_name, with_span
+from ..ir import batch_count, const_numpy, is_constant, kernel_shape, layer_name, same_shape, shape_record, with_span
 from ..ir import dtype_of as _dtype
-from ..ir import static_shape as _static_shape
 
 #: the PrimFunc attribute holding a kernel's per-layer record (read by ``passes.records``)
 RECORD_ATTR = "gbd.layer"
@@ -132,7 +131,7 @@ class GroupSparseConv:
             return expr
         a = call.attrs
         data = matches[self.x]
-        dshape, oshape = _static_shape(data), _static_shape(call)
+        dshape, oshape = kernel_shape(data), kernel_shape(call)  # the batch may be symbolic
         if (
             str(a.data_layout) != "NCHW"
             or str(a.kernel_layout) != "OIHW"
@@ -149,8 +148,7 @@ class GroupSparseConv:
         bias = None
         if has_bias:
             bias = _channel_vector(matches[self.b], weight.shape[0], 3)
-            add_out = _static_shape(matches[self.conv_bias])
-            if bias is None or add_out != oshape:
+            if bias is None or not same_shape(kernel_shape(matches[self.conv_bias]), oshape):
                 return expr
         groups = int(a.groups)
         attrs = dict(
@@ -160,7 +158,7 @@ class GroupSparseConv:
             groups=groups,
             relu=has_relu,
         )
-        dec = cost_model.decide(dshape, weight, oshape, groups, sparse=self.sparse)
+        dec = cost_model.decide((batch_count(dshape), *dshape[1:]), weight, oshape, groups, sparse=self.sparse)
         kernels = _kernels()
         name = layer_name(call) or f"conv{count['conv2d']}"
         count["conv2d"] += 1
@@ -170,7 +168,7 @@ class GroupSparseConv:
             )
         except Exception as exc:  # noqa: BLE001 - a layout the kernel library cannot schedule
             warnings.warn(
-                f"gbd-export: conv {name!r} (input {list(dshape)}, weight {list(weight.shape)}) falls back "
+                f"gbd-export: conv {name!r} (input {shape_record(dshape)}, weight {list(weight.shape)}) falls back "
                 f"to the dense legalized conv2d: kernel library failed "
                 f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})",
                 stacklevel=2,
@@ -179,9 +177,9 @@ class GroupSparseConv:
         record = {
             "name": name,
             "op": "conv2d",
-            "input_shape": list(dshape),
+            "input_shape": shape_record(dshape),
             "weight_shape": [int(v) for v in weight.shape],
-            "output_shape": list(oshape),
+            "output_shape": shape_record(oshape),
             "stride": list(attrs["stride"]),
             "padding": list(attrs["padding"]),
             "dilation": list(attrs["dilation"]),
@@ -199,7 +197,7 @@ class GroupSparseConv:
         if not self._intermediates_single_use(matches, expr, self.mm, has_bias, has_relu, uses):
             return expr
         data = matches[self.x]
-        dshape, oshape = _static_shape(data), _static_shape(call)
+        dshape, oshape = kernel_shape(data), kernel_shape(call)
         w = const_numpy(matches[self.w])
         if (
             dshape is None
@@ -215,19 +213,19 @@ class GroupSparseConv:
         bias = None
         if has_bias:
             bias = _channel_vector(matches[self.b], weight.shape[0], 1)
-            if bias is None or _static_shape(matches[self.mm_bias]) != oshape:
+            if bias is None or not same_shape(kernel_shape(matches[self.mm_bias]), oshape):
                 return expr
         func, consts = _kernels().dense_gemm(dshape, weight, bias, relu=has_relu, target=self.target)
         idx = count["linear"]
         count["linear"] += 1
         name = layer_name(call) or f"linear{idx}"
-        flops = 2 * dshape[0] * weight.shape[0] * weight.shape[1]
+        flops = 2 * batch_count(dshape) * weight.shape[0] * weight.shape[1]
         record = {
             "name": name,
             "op": "linear",
-            "input_shape": list(dshape),
+            "input_shape": shape_record(dshape),
             "weight_shape": [int(v) for v in weight.shape],
-            "output_shape": list(oshape),
+            "output_shape": shape_record(oshape),
             "fused_bias": bias is not None,
             "fused_relu": has_relu,
             "decision": "dense",
@@ -281,7 +279,7 @@ def leftover_heavy_ops(func: relax.Function) -> list:
             if name not in HEAVY_OPS:
                 continue
             why = []
-            if _static_shape(v) is None or _static_shape(v.args[0]) is None:
+            if kernel_shape(v) is None or kernel_shape(v.args[0]) is None:
                 why.append("dynamic shape")
             if name == "relax.nn.conv2d":
                 a = v.attrs

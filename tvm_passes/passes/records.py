@@ -65,7 +65,8 @@ def _as_written(rec: dict, weight, groups: int) -> dict:
         rec["original_weight_shape"] = [int(v) for v in weight.shape]
         rec["density_after_dead_channel_removal"] = rec["density"]
         rec["density"] = density(group_mask(weight, groups))
-        rec["flops_dense"] = conv_flops(weight.shape, rec["output_shape"][2:], groups, batch=rec["input_shape"][0])
+        batch = rec["input_shape"][0] if isinstance(rec["input_shape"][0], int) else 1  # per image if symbolic
+        rec["flops_dense"] = conv_flops(weight.shape, rec["output_shape"][2:], groups, batch=batch)
     return rec
 
 

@@ -1,5 +1,5 @@
 """``GradualGroupSparsification``: truncated l2,1 with one theta driven by the accuracy drop on a
-control split (paper 000 section 4.2, eq. 5; formulas.md section 1)."""
+control split (paper 000 section 4.2, eq. 5; docs/formulas.md section 1)."""
 
 from __future__ import annotations
 

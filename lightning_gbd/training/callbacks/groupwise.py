@@ -1,5 +1,5 @@
 """``GroupWiseSparsification``: l2,1 training, one-shot pruning to a target density, then
-fine-tuning with frozen patterns (paper 000 section 4.2, formulas.md section 1)."""
+fine-tuning with frozen patterns (paper 000 section 4.2, docs/formulas.md section 1)."""
 
 from __future__ import annotations
 
