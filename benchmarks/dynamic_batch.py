@@ -1,0 +1,58 @@
+"""A dynamic-batch artifact against fixed-batch ones, side by side in one process: ResNet-18
+(random init) with random GBD patterns at density 0.3 on its 3x3 convs, traced at batch 1.
+
+    .venv/bin/python -m benchmarks.dynamic_batch
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from benchmarks import common
+
+CACHE = os.path.join(common.RESULTS, ".cache")
+
+
+def export(name, example, **kwargs):
+    import torch
+    import torchvision
+
+    import tvm_passes
+
+    out = os.path.join(CACHE, f"dynamic_batch_{name}")
+    if not os.path.isfile(os.path.join(out, "manifest.json")):
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(weights=None).eval()
+        common.apply_gbd_(model, 0.3, seed=0)
+        tvm_passes.export_model(model, example, "llvm", out, do_verify=False, **kwargs)
+    return out
+
+
+def main() -> None:
+    import torch
+
+    import tvm_passes
+
+    common.setup_env(2)
+    x1 = torch.randn(1, 3, 224, 224)
+    arts = {
+        "dynamic": export("dynamic", x1, dynamic_batch=True),
+        "fixed_b1": export("fixed_b1", x1),
+        "fixed_b32": export("fixed_b32", torch.randn(32, 3, 224, 224)),
+    }
+    print(f"# {common.uptime_line()}")
+    for batch, fixed in ((1, "fixed_b1"), (32, "fixed_b32")):
+        fns = {}
+        for name in ("dynamic", fixed):
+            m = tvm_passes.load(arts[name], threads=2)
+            xt = m._to_tvm(np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype("float32"))
+            fns[name] = lambda m=m, xt=xt: m.run_tvm(xt)
+        res = common.time_interleaved(fns, rounds=7, sample_ms=300, budget_s=90)
+        d, f = res["dynamic"]["ms"], res[fixed]["ms"]
+        print(f"batch {batch:>2}: dynamic {d:8.2f} ms, {fixed} {f:8.2f} ms, dynamic / fixed {d / f:.2f}")
+
+
+if __name__ == "__main__":
+    main()
