@@ -39,3 +39,19 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+
+# Peer runtimes (ONNX Runtime, OpenVINO, DeepSparse) in their own venv, and the side-by-side
+# whole-model benchmark against them (benchmarks/README.md, "Against other CPU runtimes").
+PEERS_VENV ?= .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell cat benchmarks/requirements-peers.txt | cksum | cut -d' ' -f1)
+.PHONY: peers-venv bench-peers
+peers-venv: $(PEERS_STAMP)
+
+$(PEERS_STAMP): benchmarks/requirements-peers.txt
+	@test -x $(PEERS_VENV)/bin/python || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q -r benchmarks/requirements-peers.txt
+	@rm -f $(PEERS_VENV)/.installed-* && touch $@
+
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	$(PY) -m benchmarks.peers

@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     from .frontend.program import read_pt2, resolve_model_path
 
     try:
-        ep, settings = read_pt2(resolve_model_path(args.model))
+        source = resolve_model_path(args.model)
+        ep, settings = read_pt2(source)
         from .export import export_model
 
         with warnings.catch_warnings():
@@ -107,6 +108,7 @@ def main(argv=None) -> int:
                 dynamic_batch=(args.batch or settings.get("batch")) == "dynamic",
                 decompose_error=args.decompose_error,
                 progress=False if args.quiet else None,
+                source=source,
             )
     except ExportError as exc:
         print(f"gbd-export: error: {_one_line(exc)}", file=sys.stderr)

@@ -84,6 +84,7 @@ def export_model(
     log=None,
     decompose_error=None,
     progress=False,
+    source=None,
 ):
     """Compile ``model`` (an ``nn.Module`` or ``ExportedProgram``) into ``out_dir``.
 
@@ -93,6 +94,7 @@ def export_model(
     export).  ``dynamic_batch``: every kernel compiled for a symbolic batch (any batch at run
     time; verified at two).  ``input_shape`` overrides the shape of ``example_input`` (the model
     is re-exported for it).  ``progress``: a stage bar on stderr (``None``: only on a terminal).
+    ``source``: the ``.pt2`` it came from, recorded for ``gbd-bench --against``.
     """
     t0 = time.time()
     tgt = make_target(target)
@@ -110,7 +112,7 @@ def export_model(
     stage(2)
     ex = compile_module(low.mod, tgt)
     stage(3)
-    manifest = _write_artifact(out_dir, ex, ep, low, tgt, sparse, shape, time.time() - t0)
+    manifest = _write_artifact(out_dir, ex, ep, low, tgt, sparse, shape, time.time() - t0, source)
     ver_path = os.path.join(out_dir, VERIFICATION)
     if do_verify:
         stage(4)
@@ -125,7 +127,7 @@ def export_model(
     return manifest
 
 
-def _write_artifact(out_dir, ex, ep, low, tgt, sparse, shape, seconds) -> dict:
+def _write_artifact(out_dir, ex, ep, low, tgt, sparse, shape, seconds, source=None) -> dict:
     """``model.so`` and a first ``manifest.json`` (the loader needs it to verify)."""
     os.makedirs(out_dir, exist_ok=True)
     lib_path = os.path.join(out_dir, LIB_NAME)
@@ -150,5 +152,7 @@ def _write_artifact(out_dir, ex, ep, low, tgt, sparse, shape, seconds) -> dict:
         tuning=low.tuning,
         compile_seconds=seconds,
     )
+    if source is not None:
+        manifest["source"] = os.path.abspath(source)
     write_json(os.path.join(out_dir, MANIFEST), manifest)
     return manifest

@@ -92,11 +92,11 @@ def export_and_time(dense: nn.Module, sparse: nn.Module, out: Path, dm) -> dict:
     print(f"[demo] compiled sparse model, hold-out accuracy {acc:.4f} (whole {len(ys)} split)")
 
     _run("gbd-bench", out / "tvm_dense", out / "tvm_sparse", "--threads", 2, "--json", out / "bench.json")
-    bench = json.loads((out / "bench.json").read_text())["artifacts"]
+    bench = {r["runtime"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
     ms = {
         "pytorch_eager_dense": time_pytorch_isolated(dense, x, out / "pytorch_timing"),
-        "tvm_dense": bench[str(out / "tvm_dense")]["p50_ms"],
-        "tvm_sparse": bench[str(out / "tvm_sparse")]["p50_ms"],
+        "tvm_dense": bench[f"gbd {out / 'tvm_dense'}"]["p50_ms"],
+        "tvm_sparse": bench[f"gbd {out / 'tvm_sparse'}"]["p50_ms"],
     }
     base = ms["pytorch_eager_dense"]
     print(f"[demo] LeNet-5, batch {BATCH}, 2 threads, median per call (PyTorch in its own process):")
