@@ -13,8 +13,11 @@ engine's own thread count to ``threads`` through its API.
 Protocol: load / compile (``load_s``), warm-up (at least 3 calls and 1 s), then
 ``lightning_gbd.core.timing.time_interleaved`` with this one variant and ``per_call=True``:
 ``ms`` is the median of the per-call wall times.  The output of a last call is compared with
-the PyTorch reference ``ref`` (max|a - b| / max|b|).  Prints ``{"ms", "min_ms", "p10_ms",
-"p90_ms", "n", "rel_err", "load_s", "version", ...}``, or ``{"skipped": why}`` when the engine is
+the PyTorch reference ``ref`` (max|a - b| / max|b|).  During the timing it also reads
+``/proc/stat``: ``foreign_cpu`` = cores kept busy by other processes (machine busy time minus
+this process's CPU time, per second of wall time), ``steal_cpu`` = time the hypervisor took.
+Prints ``{"ms", "min_ms", "p10_ms", "p90_ms", "n", "rel_err", "load_s", "foreign_cpu", "version",
+...}``, or ``{"skipped": why}`` when the engine is
 not installed in this interpreter, or ``{"error": why}``.
 """
 
@@ -86,7 +89,8 @@ def runner(spec, x):
         model.reshape({model.inputs[0].get_any_name(): list(x.shape)})  # static batch
         cfg = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         compiled = core.compile_model(model, "CPU", cfg)
-        prec = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        prec = compiled.get_property("INFERENCE_PRECISION_HINT")
+        prec = prec.get_type_name() if hasattr(prec, "get_type_name") else str(prec)
         return (lambda: compiled(x)), (lambda out: out[0]), f"{ov.__version__.split('-')[0]} ({prec})"
     if engine == "deepsparse":
         ds = _import("deepsparse")
@@ -127,6 +131,29 @@ def _takes_var_kw(fn, inspect):
         return False
 
 
+def _cpu_snapshot():
+    """(machine busy seconds, steal seconds, this process's CPU seconds, wall) or None off Linux."""
+    import resource
+
+    try:
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return (user + nice + system + irq + softirq) / hz, steal / hz, ru.ru_utime + ru.ru_stime, time.perf_counter()
+
+
+def _foreign(a, b):
+    """Cores kept busy by other processes (and stolen by the hypervisor) between two snapshots."""
+    if a is None or b is None or b[3] <= a[3]:
+        return None, None
+    wall = b[3] - a[3]
+    return round(max(0.0, (b[0] - a[0]) - (b[2] - a[2])) / wall, 3), round((b[1] - a[1]) / wall, 3)
+
+
 def measure(spec):
     import numpy as np
 
@@ -146,6 +173,7 @@ def measure(spec):
     while n_warm < 3 or (time.perf_counter() - t_warm < float(spec.get("warmup_s", 1.0)) and n_warm < 50):
         run()
         n_warm += 1
+    snap0 = _cpu_snapshot()
     res = time_interleaved(
         {"x": run},
         rounds=int(spec.get("rounds", 7)),
@@ -153,6 +181,7 @@ def measure(spec):
         budget_s=float(spec.get("budget_s", 20.0)),
         per_call=True,
     )["x"]
+    foreign, steal = _foreign(snap0, _cpu_snapshot())
     out = np.asarray(to_numpy(run()), dtype=np.float32)
     if out.shape != ref.shape:
         rel = float("inf")
@@ -174,6 +203,8 @@ def measure(spec):
         warmup_calls=n_warm,
         version=version,
         loadavg_before=load_before,
+        foreign_cpu=foreign,
+        steal_cpu=steal,
         loadavg_after=round(os.getloadavg()[0], 2),
         python=sys.executable,
         samples=[round(v, 4) for v in s.tolist()],
@@ -189,7 +220,7 @@ def main(argv=None) -> int:
         code = 0
     except Skipped as e:
         res, code = {"skipped": str(e)}, 0
-    except Exception as e:  # noqa: BLE001 - the parent records it and goes on
+    except Exception as e:
         tb = traceback.format_exc().strip().splitlines()
         res, code = {"error": f"{type(e).__name__}: {e}"[:2000], "traceback": tb[-12:]}, 1
     sys.stdout.flush()

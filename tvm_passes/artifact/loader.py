@@ -50,7 +50,10 @@ class CompiledModel:
 
                 t = t.to(getattr(torch, self.input_dtype))
             if self._on_cpu and t.device.type == "cpu":
-                return tvm.runtime.from_dlpack(t.contiguous())
+                t = t.contiguous()
+                if t.data_ptr() % 64:  # TVM takes only 64-byte aligned memory (a slice, from_numpy)
+                    t = t.clone()
+                return tvm.runtime.from_dlpack(t)
             return tvm.runtime.tensor(t.cpu().contiguous().numpy(), self.device)
         arr = np.ascontiguousarray(np.asarray(x, dtype=self.input_dtype))
         return tvm.runtime.tensor(arr, self.device)
