@@ -1,5 +1,6 @@
 """The torch side of the frontend: read a ``.pt2``, find its example input and shape, re-export
-for another static shape, refuse NaN/Inf weights - all with one-line ``ExportError``s."""
+for another static shape, refuse NaN/Inf weights - all with one-line ``ExportError``s.
+``read_model`` also takes an ``.onnx`` file (``onnx_import``)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,16 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+def read_model(path: str) -> tuple:
+    """``(model, export settings)`` of a ``.pt2`` (an ExportedProgram) or an ``.onnx`` file (an
+    ``onnx_import.OnnxModel``; no settings)."""
+    if path.endswith(".onnx"):
+        from .onnx_import import read_onnx
+
+        return read_onnx(path), {}
+    return read_pt2(path)
+
+
 def read_pt2(path: str) -> tuple:
     """``(ExportedProgram, export settings dict)`` of a ``.pt2`` (settings ``{}`` when it has none)."""
     torch = _torch()
@@ -45,7 +56,7 @@ def read_pt2(path: str) -> tuple:
     if not path.endswith(".pt2"):
         raise ExportError(
             f"{path}: unsupported model file (expected a torch.export .pt2 written by "
-            "lightning_gbd.save_pt2 or torch.export.save)"
+            "lightning_gbd.save_pt2 or torch.export.save, or an .onnx model)"
         )
     import logging
     import zipfile
