@@ -1,6 +1,5 @@
 """The torch side of the frontend: read a ``.pt2``, find its example input and shape, re-export
-for another static shape, refuse NaN/Inf weights - all with one-line ``ExportError``s.
-``read_model`` also takes an ``.onnx`` file (``onnx_import``)."""
+for another static shape, refuse NaN/Inf weights - all with one-line ``ExportError``s."""
 
 from __future__ import annotations
 
@@ -38,16 +37,6 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
-def read_model(path: str) -> tuple:
-    """``(model, export settings)`` of a ``.pt2`` (an ExportedProgram) or an ``.onnx`` file (an
-    ``onnx_import.OnnxModel``; no settings)."""
-    if path.endswith(".onnx"):
-        from .onnx_import import read_onnx
-
-        return read_onnx(path), {}
-    return read_pt2(path)
-
-
 def read_pt2(path: str) -> tuple:
     """``(ExportedProgram, export settings dict)`` of a ``.pt2`` (settings ``{}`` when it has none)."""
     torch = _torch()
@@ -56,7 +45,7 @@ def read_pt2(path: str) -> tuple:
     if not path.endswith(".pt2"):
         raise ExportError(
             f"{path}: unsupported model file (expected a torch.export .pt2 written by "
-            "lightning_gbd.save_pt2 or torch.export.save, or an .onnx model)"
+            "lightning_gbd.save_pt2 or torch.export.save)"
         )
     import logging
     import zipfile
