@@ -161,8 +161,8 @@ def measure(spec):
     from lightning_gbd.core.timing import time_interleaved
 
     load_before = round(os.getloadavg()[0], 2)
-    x = np.load(spec["x"])
-    ref = np.load(spec["ref"])
+    x = np.load(spec["x"], allow_pickle=False)
+    ref = np.load(spec["ref"], allow_pickle=False)
     t0 = time.perf_counter()
     run, to_numpy, version = runner(spec, x)
     load_s = time.perf_counter() - t0

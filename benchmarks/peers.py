@@ -227,7 +227,7 @@ def ensure_export(name, density, batch, sparse, x_path, tag, rebuild, log):
         with open(stamp) as f:
             return d, man, json.load(f).get("compile_s"), True
     model = build_model(name, density)
-    x = torch.from_numpy(np.load(x_path))
+    x = torch.from_numpy(np.load(x_path, allow_pickle=False))
     t0 = time.time()
     man = tvm_passes.export_model(model, x, "llvm", d, sparse=sparse)
     cs = round(time.time() - t0, 1)

@@ -25,6 +25,7 @@ _PUBLIC = {
     "read_patterns": "training.checkpoint",
     "rank_table": "training.report",
     "save_pt2": "core.pt2",
+    "save_onnx": "core.onnx_export",
 }
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

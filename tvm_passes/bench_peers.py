@@ -23,50 +23,63 @@ def missing(engine: str) -> list[str]:
     return [m for m in NEEDS[engine] if importlib.util.find_spec(m) is None]
 
 
-def _module(model_path, batch):
+def _program(model_path, batch):
+    """The model at ``batch`` as a static ExportedProgram, and an input for it."""
     import torch
 
     from .frontend import load_exported_program, specialize
 
     ep = load_exported_program(model_path)
     x = torch.randn(batch, *tuple(ep.example_inputs[0][0].shape[1:]))
-    return specialize(ep, x).module(), x
-
-
-def _onnx(module, x, path):
-    import torch
-
-    torch.onnx.export(module, (x,), path, dynamo=False, opset_version=17)
-    return path
+    return specialize(ep, x), x
 
 
 def runner(engine, model_path, batch, threads):
-    """A no-argument callable running the model once in ``engine``."""
+    """A no-argument callable running the model once in ``engine`` (an ``.onnx`` source goes to
+    the ONNX runtimes as it is; a ``.pt2`` is exported to ONNX first)."""
+    import numpy as np
     import torch
 
+    from lightning_gbd.core.onnx_export import save_onnx
+
     torch.set_num_threads(threads)
-    module, x = _module(model_path, batch)
-    if engine == "torch":
+    if model_path.endswith(".onnx"):
+        if engine == "torch":
+            raise ValueError("PyTorch needs the .pt2 (pass --model PATH.pt2)")
+        path, feed = model_path, None
+    else:
+        ep, x = _program(model_path, batch)
+        if engine == "torch":
+            module = ep.module()
 
-        def run():
-            with torch.no_grad():
-                return module(x)
+            def run():
+                with torch.no_grad():
+                    return module(x)
 
-        return run
-    path = _onnx(module, x, os.path.join(tempfile.mkdtemp(prefix="gbd_bench_"), "model.onnx"))
-    feed = x.numpy()
+            return run
+        path = save_onnx(ep, x, os.path.join(tempfile.mkdtemp(prefix="gbd_bench_"), "model.onnx"))
+        feed = x.numpy()
     if engine == "onnxruntime":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda: sess.run(None, {name: feed})
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        if feed is None:
+            shape = [batch] + [int(d) for d in inp.shape[1:]]
+            feed = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        return lambda: sess.run(None, {inp.name: feed})
     import openvino as ov
 
+    core = ov.Core()
+    ovm = core.read_model(str(path))
+    if feed is None:
+        shape = [batch] + [int(d.get_length()) for d in ovm.inputs[0].get_partial_shape()[1:]]
+        feed = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    ovm.reshape({ovm.inputs[0].get_any_name(): list(feed.shape)})
     cfg = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = ov.Core().compile_model(path, "CPU", cfg)
+    compiled = core.compile_model(ovm, "CPU", cfg)
     return lambda: compiled(feed)
 
 
@@ -81,7 +94,11 @@ def main(argv=None) -> int:
         return 0
     from lightning_gbd.core.timing import time_interleaved
 
-    run = runner(engine, model_path, int(batch), int(threads))
+    try:
+        run = runner(engine, model_path, int(batch), int(threads))
+    except ValueError as exc:
+        print(json.dumps({"skipped": str(exc)}))
+        return 0
     res = time_interleaved({engine: run}, rounds=int(rounds), sample_ms=50.0, budget_s=60.0, per_call=True)
     print(json.dumps({"samples": res[engine]["samples"]}))
     return 0

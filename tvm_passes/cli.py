@@ -1,8 +1,9 @@
 """``gbd-export MODEL --target llvm|cuda --out DIR``: compile a GBD-sparse model with TVM.
 
-MODEL is a ``.pt2`` (``torch.export``; see ``lightning_gbd.save_pt2``) or the directory of a
-finished ``gbd fit`` run (it holds ``model.pt2``).  User errors are printed as one line on
-stderr with exit code 2.
+MODEL is a ``.pt2`` (``torch.export``; see ``lightning_gbd.save_pt2``), the directory of a
+finished ``gbd fit`` run (it holds ``model.pt2``), or an ``.onnx`` model (TVM's ONNX frontend;
+verified against ONNX Runtime, or ``onnx.reference`` without it).  User errors are printed as
+one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="gbd-export", description="Compile a group-sparse (GBD) PyTorch model with TVM into --out DIR."
     )
-    p.add_argument("model", help="a torch.export .pt2, or a `gbd fit` run directory (holding model.pt2)")
+    p.add_argument(
+        "model", help="a torch.export .pt2, a `gbd fit` run directory (holding model.pt2), or an .onnx model"
+    )
     p.add_argument(
         "--target",
         choices=["llvm", "cuda"],
@@ -42,7 +45,12 @@ def build_parser():
         help="default: the target saved in the .pt2 by the recipe, else llvm",
     )
     p.add_argument("--out", required=True, help="output directory (model.so, manifest.json, verification.json)")
-    p.add_argument("--input-shape", type=_shape, default=None, help="N,C,H,W (default: the .pt2 example input)")
+    p.add_argument(
+        "--input-shape",
+        type=_shape,
+        default=None,
+        help="N,C,H,W (default: the .pt2 example input; for an .onnx, its input shape, a symbolic batch as 1)",
+    )
     p.add_argument("--tune-trials", type=int, default=0, help="meta_schedule trials (0: hand/generic schedules)")
     p.add_argument(
         "--tune-db", default=None, help="persistent tuning database dir (default ~/.cache/lightning_gbd/tune_db)"
@@ -72,31 +80,37 @@ def _one_line(exc) -> str:
     return text[:400] if text else type(exc).__name__
 
 
-def _with_batch(input_shape, batch, ep):
-    """``--input-shape`` with ``--batch N`` applied to it (or to the program's example input)."""
+def _with_batch(input_shape, batch, model):
+    """``--input-shape`` with ``--batch N`` applied to it (or to the program's example input, or
+    to the ONNX model's input shape)."""
     if not isinstance(batch, int):
         return input_shape
     from .frontend import example_input_of, input_shape_of
+    from .frontend.onnx_import import is_onnx
 
-    base = input_shape or input_shape_of(ep) or tuple(example_input_of(ep).shape)
+    if is_onnx(model):
+        base = model.static_shape(input_shape)
+    else:
+        base = input_shape or input_shape_of(model) or tuple(example_input_of(model).shape)
     return (batch, *base[1:])
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import ExportError
+    from .frontend.onnx_import import is_onnx, read_onnx
     from .frontend.program import read_pt2, resolve_model_path
 
     try:
         source = resolve_model_path(args.model)
-        ep, settings = read_pt2(source)
+        model, settings = (read_onnx(source), {}) if is_onnx(source) else read_pt2(source)
         from .export import export_model
 
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             warnings.formatwarning = lambda m, c, *a, **k: f"warning: {m}\n"
             manifest = export_model(
-                ep,
+                model,
                 None,
                 args.target or settings.get("target", "llvm"),
                 args.out,
@@ -104,7 +118,7 @@ def main(argv=None) -> int:
                 tune_trials=args.tune_trials,
                 tune_db=args.tune_db,
                 do_verify=not args.no_verify,
-                input_shape=_with_batch(args.input_shape, args.batch, ep),
+                input_shape=_with_batch(args.input_shape, args.batch, model),
                 dynamic_batch=(args.batch or settings.get("batch")) == "dynamic",
                 decompose_error=args.decompose_error,
                 progress=False if args.quiet else None,

@@ -1,4 +1,4 @@
-"""``export_model``: a PyTorch model or ``.pt2`` program -> a verified artifact folder."""
+"""``export_model``: a PyTorch model, a ``.pt2`` program or an ONNX model -> a verified artifact folder."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 from .artifact.manifest import LIB_NAME, MANIFEST, VERIFICATION, build_manifest, output_spec, write_json
-from .artifact.verify import TOLERANCE, verify_artifact
+from .artifact.verify import TOLERANCE, relative_error, verify_artifact
 from .errors import ExportError
 from .frontend import check_finite, example_input_of, input_shape_of, specialize
+from .frontend.onnx_import import check_finite_onnx, import_onnx, is_onnx, onnx_reference, output_spec_of, read_onnx
 from .frontend.program import is_dynamic_batch
 from .pipeline import compile_module, lower
 from .target import has_cuda_device, make_target, target_spec
@@ -54,11 +57,81 @@ def _stage_bar(stages, progress):
     return bar, stage
 
 
-def _verification(out_dir, ep, shape, target, dtype, batches) -> dict:
-    """The artifact against PyTorch at each batch size (the worst one is reported first)."""
+class _Source(NamedTuple):
+    """A model ready for ``lower``: the program (or imported module), its input shape and name,
+    whether its batch is symbolic, its output spec, and ``verify(out_dir, shape, dtype)``."""
+
+    program: object
+    shape: tuple
+    input_name: str
+    dynamic: bool
+    output: dict
+    verify: Callable
+
+
+def _prepare(model, example_input, input_shape, dynamic_batch) -> _Source:
+    """A torch model / ExportedProgram, or an ONNX model (``.onnx`` path or ``ModelProto``)."""
+    if is_onnx(model):
+        return _prepare_onnx(model, example_input, input_shape, dynamic_batch)
+    example_input = _example_input(model, example_input, input_shape)
+    ep = specialize(model, example_input, dynamic_batch=dynamic_batch)
+    check_finite(ep)
+    name = str(next(iter(ep.graph_signature.user_inputs), "input"))
+    shape = tuple(int(v) for v in example_input.shape)
+    verify = lambda out_dir, s, dtype: verify_artifact(out_dir, ep, s, dtype=dtype)
+    return _Source(ep, shape, name, is_dynamic_batch(ep), output_spec(ep), verify)
+
+
+def _prepare_onnx(model, example_input, input_shape, dynamic_batch) -> _Source:
+    """The ONNX model imported by TVM's ONNX frontend; verified against the ONNX model itself."""
+    om = read_onnx(model)
+    check_finite_onnx(om)
+    if input_shape is None and example_input is not None:
+        input_shape = tuple(example_input.shape)
+    shape = om.static_shape(input_shape)
+    if dynamic_batch and om.input_shape[:1] != (None,):
+        warnings.warn(
+            f"gbd-export: the ONNX input {om.input_name!r} has a fixed batch; compiling for batch {shape[0]} only",
+            stacklevel=4,
+        )
+        dynamic_batch = False
+    imp = import_onnx(om, shape, dynamic_batch=dynamic_batch)
+    verify = lambda out_dir, s, dtype: _verify_onnx(out_dir, om, s, dtype)
+    return _Source(imp, shape, om.input_name, dynamic_batch, output_spec_of(imp.mod), verify)
+
+
+def _verify_onnx(out_dir, om, input_shape, dtype, seed=0, tol=TOLERANCE) -> dict:
+    """The artifact against the ONNX model ``om`` on the random input ``verify_artifact`` uses."""
+    import numpy as np
+    import torch
+
+    from .artifact.loader import load
+
+    run, engine = onnx_reference(om)
+    x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed)).numpy().astype(dtype)
+    ref = np.asarray(run(x), dtype=np.float64)
+    out = load(out_dir)(x)
+    out = np.asarray(out[0] if isinstance(out, tuple) else out, dtype=np.float64)
+    err = relative_error(out, ref)
+    return {
+        "input_shape": list(input_shape),
+        "seed": seed,
+        "reference": engine,
+        "metric": "max|tvm - onnx| / max|onnx|",
+        "max_relative_error": err,
+        "max_abs_error": float(np.max(np.abs(out - ref))) if ref.size else 0.0,
+        "tolerance": tol,
+        "passed": bool(err <= tol),
+    }
+
+
+def _verification(out_dir, src, target, dtype, batches) -> dict:
+    """The artifact against its reference (PyTorch, or the ONNX model) at each batch size (the
+    worst one is reported first)."""
     if target.kind.name == "cuda" and not has_cuda_device():
         return {"skipped": True, "reason": "no CUDA device on this machine (artifact built only)", "passed": None}
-    runs = [verify_artifact(out_dir, ep, (b, *shape[1:]), dtype=dtype) for b in batches]
+    shape = src.shape
+    runs = [src.verify(out_dir, (b, *shape[1:]), dtype) for b in batches]
     ver = max(runs, key=lambda r: r["max_relative_error"])
     ver = {**ver, "passed": all(r["passed"] for r in runs), "batches": list(batches)}
     if not ver["passed"]:
@@ -86,7 +159,8 @@ def export_model(
     progress=False,
     source=None,
 ):
-    """Compile ``model`` (an ``nn.Module`` or ``ExportedProgram``) into ``out_dir``.
+    """Compile ``model`` (an ``nn.Module``, an ``ExportedProgram``, or an ONNX model: an ``.onnx``
+    path or ``onnx.ModelProto``, verified against ONNX Runtime / ``onnx.reference``) into ``out_dir``.
 
     Writes ``model.so``, ``manifest.json`` and (``do_verify``) ``verification.json``, the
     verification also in the manifest; returns the manifest dict.  ``sparse=False`` forces every
@@ -98,26 +172,31 @@ def export_model(
     """
     t0 = time.time()
     tgt = make_target(target)
-    example_input = _example_input(model, example_input, input_shape)
-    stages = ["torch.export", "graph passes + GBD kernels" + (" + tuning" if tune_trials else ""), "compile", "write"]
+    first = "ONNX import" if is_onnx(model) else "torch.export"
+    stages = [first, "graph passes + GBD kernels" + (" + tuning" if tune_trials else ""), "compile", "write"]
     bar, stage = _stage_bar(stages + (["verify"] if do_verify else []), progress)
     stage(0)
-    ep = specialize(model, example_input, dynamic_batch=dynamic_batch)
-    check_finite(ep)
-    shape = tuple(int(v) for v in example_input.shape)
+    src = _prepare(model, example_input, input_shape, dynamic_batch)
+    shape = src.shape
     stage(1)
     low = lower(
-        ep, tgt, sparse=sparse, tune_trials=tune_trials, tune_db=tune_db, log=log, decompose_error=decompose_error
+        src.program,
+        tgt,
+        sparse=sparse,
+        tune_trials=tune_trials,
+        tune_db=tune_db,
+        log=log,
+        decompose_error=decompose_error,
     )
     stage(2)
     ex = compile_module(low.mod, tgt)
     stage(3)
-    manifest = _write_artifact(out_dir, ex, ep, low, tgt, sparse, shape, time.time() - t0, source)
+    manifest = _write_artifact(out_dir, ex, src, low, tgt, sparse, time.time() - t0, source)
     ver_path = os.path.join(out_dir, VERIFICATION)
     if do_verify:
         stage(4)
         batches = [shape[0]] + ([1 if shape[0] != 1 else 3] if manifest["input"]["dynamic_batch"] else [])
-        manifest["verification"] = _verification(out_dir, ep, shape, tgt, low.imported.input_dtype, batches)
+        manifest["verification"] = _verification(out_dir, src, tgt, low.imported.input_dtype, batches)
         write_json(ver_path, manifest["verification"])
         write_json(os.path.join(out_dir, MANIFEST), manifest)
     elif os.path.exists(ver_path):
@@ -127,18 +206,18 @@ def export_model(
     return manifest
 
 
-def _write_artifact(out_dir, ex, ep, low, tgt, sparse, shape, seconds, source=None) -> dict:
+def _write_artifact(out_dir, ex, src, low, tgt, sparse, seconds, source=None) -> dict:
     """``model.so`` and a first ``manifest.json`` (the loader needs it to verify)."""
     os.makedirs(out_dir, exist_ok=True)
     lib_path = os.path.join(out_dir, LIB_NAME)
     ex.export_library(lib_path + ".tmp.so")
     os.replace(lib_path + ".tmp.so", lib_path)
-    dynamic = is_dynamic_batch(ep)
+    shape = src.shape
     input_spec = {
-        "name": str(next(iter(ep.graph_signature.user_inputs), "input")),
-        "shape": ["batch", *shape[1:]] if dynamic else list(shape),
+        "name": src.input_name,
+        "shape": ["batch", *shape[1:]] if src.dynamic else list(shape),
         "dtype": low.imported.input_dtype,
-        "dynamic_batch": dynamic,
+        "dynamic_batch": src.dynamic,
         "example_batch": shape[0],
     }
     manifest = build_manifest(
@@ -146,7 +225,7 @@ def _write_artifact(out_dir, ex, ep, low, tgt, sparse, shape, seconds, source=No
         target_spec=target_spec(tgt),
         sparse=sparse,
         input_spec=input_spec,
-        output=output_spec(ep),
+        output=src.output,
         records=low.records,
         decomposed=low.decomposed,
         tuning=low.tuning,

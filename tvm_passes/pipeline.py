@@ -48,9 +48,10 @@ def gbd_passes(target, *, sparse=True, decompose_error=None) -> tvm.transform.Pa
 def lower(ep, target, *, sparse=True, tune_trials=0, tune_db=None, log=None, decompose_error=None) -> Lowered:
     """Relax + TIR module ready for ``compile_module``, with its per-layer records.
 
-    With ``decompose_error`` e, convs whose weight has PCA rank K at error e with fewer FLOPs are
-    decomposed first (``passes.LowRankConv``)."""
-    imp = import_program(ep)
+    ``ep``: an ExportedProgram (imported here) or an already imported module (an
+    ``ImportResult``, e.g. of ``frontend.import_onnx``).  With ``decompose_error`` e, convs whose
+    weight has PCA rank K at error e with fewer FLOPs are decomposed first (``passes.LowRankConv``)."""
+    imp = ep if isinstance(ep, ImportResult) else import_program(ep)
     mod = gbd_passes(target, sparse=sparse, decompose_error=decompose_error)(imp.mod)
     records, decomposed = collect_records(imp.mod, mod, decompose_error)
     with target:

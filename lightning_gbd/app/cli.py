@@ -5,6 +5,7 @@ its callbacks) plus an ``export`` section (target, input shape).
     gbd-export RUN_DIR --out DIR                          # compile it (no recipe, no data needed)
     gbd report RUN_DIR            # rebuild the table, sparsity.json and the Fig. 4/5 plots
     gbd pt2 --config RUN_DIR/config.yaml --ckpt CKPT --out model.pt2   # any other checkpoint
+    gbd export-onnx RUN_DIR --out model.onnx   # the run's model.pt2 as ONNX (batch dynamic)
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule
 
-from ..core.pt2 import save_pt2
+from ..core.onnx_export import save_onnx
+from ..core.pt2 import RUN_PT2, save_pt2
 from ..training.checkpoint import PATTERNS_KEY, load_checkpoint
 from ..training.report import format_table, layer_reports, plot_patterns, plot_process, write_sparsity_json
 from .models import ImageClassifier
@@ -87,6 +89,47 @@ def pt2_command(argv: list[str]) -> int:
     return 0
 
 
+def export_onnx_command(argv: list[str]) -> int:
+    """``gbd export-onnx RUN_DIR|MODEL.pt2 --out model.onnx [--input-shape N,C,H,W]``."""
+    p = argparse.ArgumentParser(
+        prog="gbd export-onnx",
+        description="Write the model.pt2 of a `gbd fit` run (or any .pt2) as ONNX (opset 17, batch dynamic).",
+    )
+    p.add_argument("model", type=Path, help=f"a `gbd fit` run directory (holding {RUN_PT2}), or a .pt2")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--input-shape", default=None, help="N,C,H,W of the traced input (default: the .pt2's example)")
+    a = p.parse_args(argv)
+    src = a.model / RUN_PT2 if a.model.is_dir() else a.model
+    if not src.is_file():
+        print(
+            f"gbd: {src}: no such file" + (" (not a finished `gbd fit` run)" if a.model.is_dir() else ""),
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        ep = torch.export.load(src)
+    except Exception as exc:  # noqa: BLE001 - any failure means a malformed file
+        print(f"gbd: {src}: not a valid torch.export .pt2 file ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    example = ep.example_inputs[0][0] if ep.example_inputs and ep.example_inputs[0] else None
+    if a.input_shape:
+        try:
+            example = torch.randn(*[int(v) for v in a.input_shape.split(",")])
+        except (ValueError, RuntimeError):
+            print(f"gbd: bad --input-shape {a.input_shape!r} (expected N,C,H,W)", file=sys.stderr)
+            return 2
+    if example is None:
+        print(f"gbd: {src} holds no example input: pass --input-shape N,C,H,W", file=sys.stderr)
+        return 2
+    try:
+        save_onnx(ep, example, a.out)
+    except ValueError as exc:
+        print(f"gbd: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"gbd: wrote {a.out} (input {list(example.shape[1:])} per item, batch dynamic): gbd-export {a.out} --out DIR")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     explicit = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -97,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(argv[1])
     if argv[:1] == ["pt2"]:
         return pt2_command(argv[1:])
+    if argv[:1] == ["export-onnx"]:
+        return export_onnx_command(argv[1:])
     try:
         GBDCLI(
             ImageClassifier,

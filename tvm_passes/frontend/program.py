@@ -45,7 +45,7 @@ def read_pt2(path: str) -> tuple:
     if not path.endswith(".pt2"):
         raise ExportError(
             f"{path}: unsupported model file (expected a torch.export .pt2 written by "
-            "lightning_gbd.save_pt2 or torch.export.save)"
+            "lightning_gbd.save_pt2 or torch.export.save, or an .onnx model)"
         )
     import logging
     import zipfile

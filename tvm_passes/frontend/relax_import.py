@@ -60,15 +60,9 @@ class _NameLayers(relax.PyExprMutator):
         return with_span(new, named_span(name)) if name is not None else new
 
 
-def import_program(ep) -> ImportResult:
-    """Relax module of a static ExportedProgram: BN folded into convs, constants folded, layers named."""
-    from tvm.relax.frontend.torch import from_exported_program
-
-    try:
-        mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True)
-    except Exception as exc:  # noqa: BLE001
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"the TVM torch frontend cannot import this model ({msg[:200]})") from None
+def fold_and_name(mod: tvm.IRModule, names_of) -> tvm.IRModule:
+    """The clean-up every frontend needs (BN folded into convs, constants folded, dead code
+    removed), then each layer's name on its call's span: ``names_of(main) -> {call: name}``."""
     seq = tvm.transform.Sequential(
         [
             # TVM's own BN folding, before DecomposeOpsForInference turns batch_norm into
@@ -83,10 +77,22 @@ def import_program(ep) -> ImportResult:
     mod = seq(mod)
     # unused tuples left by max_pool2d_with_indices (the indices) survive DCE in dataflow blocks
     func = relax.analysis.remove_all_unused(mod["main"])
-    func = _NameLayers(mod, _layer_names(func, ep)).visit_expr(func)
+    func = _NameLayers(mod, names_of(func)).visit_expr(func)
     bb = relax.BlockBuilder(mod)
     bb.update_func(mod.get_global_var("main"), func)
-    mod = bb.get()
+    return bb.get()
+
+
+def import_program(ep) -> ImportResult:
+    """Relax module of a static ExportedProgram: BN folded into convs, constants folded, layers named."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        mod = from_exported_program(ep, keep_params_as_input=False, unwrap_unit_return_tuple=True)
+    except Exception as exc:  # noqa: BLE001
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"the TVM torch frontend cannot import this model ({msg[:200]})") from None
+    mod = fold_and_name(mod, lambda func: _layer_names(func, ep))
     dtype = "float32"
     for p in mod["main"].params[:1]:
         dtype = str(type_of(p).dtype)
