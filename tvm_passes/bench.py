@@ -18,6 +18,8 @@ import numpy as np
 
 from lightning_gbd.core.timing import time_interleaved
 
+from .threads import default_threads
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gbd-bench", description=__doc__.split("\n\n")[0])
@@ -88,7 +90,7 @@ def _model_for(args, artifact) -> str | None:
 
 
 def _rows(args) -> list:
-    threads = args.threads or _default_threads()
+    threads = args.threads or default_threads()
     batches = [int(b) for b in args.batch.split(",")] if args.batch else [None]
     peers = [e for e in args.against.split(",") if e]
     model = _model_for(args, args.artifacts[0]) if peers else None
@@ -104,12 +106,6 @@ def _rows(args) -> list:
             bb = b or rows[-1]["batch"]
             rows.append({"runtime": engine, "batch": bb, **bench_peer(engine, model, bb, threads, args.rounds)})
     return rows
-
-
-def _default_threads() -> int:
-    from .threads import default_threads
-
-    return default_threads()
 
 
 def _progress(items):

@@ -80,18 +80,21 @@ def example_input_of(ep) -> object | None:
     return None
 
 
-def input_shape_of(ep) -> tuple | None:
-    """Static input shape of the (single) user input, None if symbolic."""
+def _user_input_value(ep):
+    """The fake tensor of the (first) user input of ``ep``, or None."""
     users = list(ep.graph_signature.user_inputs)
     for node in ep.graph.nodes:
         if node.op == "placeholder" and node.name in users:
-            val = node.meta.get("val")
-            if val is None:
-                return None
-            if not all(isinstance(d, int) for d in val.shape):
-                return None  # torch.SymInt: a dynamic dimension (int(d) would give its hint)
-            return tuple(int(d) for d in val.shape)
+            return node.meta.get("val")
     return None
+
+
+def input_shape_of(ep) -> tuple | None:
+    """Static input shape of the (single) user input, None if symbolic."""
+    val = _user_input_value(ep)
+    if val is None or not all(isinstance(d, int) for d in val.shape):
+        return None  # torch.SymInt: a dynamic dimension (int(d) would give its hint)
+    return tuple(int(d) for d in val.shape)
 
 
 def specialize(ep_or_module, example_input, *, dynamic_batch=False):
@@ -155,12 +158,8 @@ def _dynamic_batch_export(module, example_input):
 
 def is_dynamic_batch(ep) -> bool:
     """The first user input's batch dim is symbolic."""
-    users = list(ep.graph_signature.user_inputs)
-    for node in ep.graph.nodes:
-        if node.op == "placeholder" and node.name in users:
-            val = node.meta.get("val")
-            return val is not None and not isinstance(val.shape[0], int)
-    return False
+    val = _user_input_value(ep)
+    return val is not None and not isinstance(val.shape[0], int)
 
 
 def check_finite(ep) -> None:

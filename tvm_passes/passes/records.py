@@ -16,7 +16,7 @@ from tvm import relax
 from lightning_gbd.core.groups import conv_flops, density, group_mask
 from lightning_gbd.core.lowrank import pair_flop_ratio, pca_factors
 
-from ..ir import bindings, const_numpy, is_constant, layer_name, op_name
+from ..ir import batch_count, bindings, const_numpy, is_constant, layer_name, op_name
 from .group_sparse_conv import RECORD_ATTR
 
 
@@ -65,8 +65,9 @@ def _as_written(rec: dict, weight, groups: int) -> dict:
         rec["original_weight_shape"] = [int(v) for v in weight.shape]
         rec["density_after_dead_channel_removal"] = rec["density"]
         rec["density"] = density(group_mask(weight, groups))
-        batch = rec["input_shape"][0] if isinstance(rec["input_shape"][0], int) else 1  # per image if symbolic
-        rec["flops_dense"] = conv_flops(weight.shape, rec["output_shape"][2:], groups, batch=batch)
+        rec["flops_dense"] = conv_flops(
+            weight.shape, rec["output_shape"][2:], groups, batch=batch_count(rec["input_shape"])
+        )
     return rec
 
 
