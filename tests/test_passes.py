@@ -152,6 +152,53 @@ def test_conv_intermediate_with_two_uses_not_fused():
     assert rel_err(run_relax(mod, x), m(x).detach().numpy()) < 1e-4
 
 
+class Block(nn.Module):
+    """A ResNet basic block without BN: relu(conv2(relu(conv1(x))) + x), and a projection variant
+    (MobileNetV2 style: conv + skip, no ReLU after the add)."""
+
+    def __init__(self, relu_after=True):
+        super().__init__()
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu_after = relu_after
+
+    def forward(self, x):
+        y = self.c2(torch.relu(self.c1(x))) + x
+        return torch.relu(y) if self.relu_after else y
+
+
+@pytest.mark.parametrize("relu_after", [True, False])
+def test_residual_add_and_relu_fused_into_conv(relu_after):
+    torch.manual_seed(0)
+    m = impose_gbd(Block(relu_after), 0.3, 0.0)
+    imp = import_program(export(m, (2, 8, 10, 10)))
+    mod = GroupSparseConv(LLVM)(imp.mod)
+    records = kernel_records(mod)
+    names = op_names(mod["main"])
+    assert "relax.add" not in names and "relax.nn.relu" not in names
+    assert [r["fused_residual"] for r in records] == [False, True]
+    assert records[1]["fused_relu"] == relu_after and records[1]["fused_bias"]
+    x = torch.randn(2, 8, 10, 10)
+    assert rel_err(run_relax(mod, x), m(x).detach().numpy()) < 1e-4
+
+
+def test_residual_of_another_shape_not_fused():
+    class Bcast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(4, 8, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.c(x) + x.mean((1,), keepdim=True))  # broadcast over channels
+
+    torch.manual_seed(0)
+    m = impose_gbd(Bcast())
+    mod = GroupSparseConv(LLVM)(import_program(export(m, (1, 4, 9, 9))).mod)
+    assert not kernel_records(mod)[0]["fused_residual"]
+    x = torch.randn(1, 4, 9, 9)
+    assert rel_err(run_relax(mod, x), m(x).detach().numpy()) < 1e-4
+
+
 def test_linear_rewritten_to_dense_gemm():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))

@@ -60,6 +60,7 @@ def conv2d_gather_gemm(
     dilation=(1, 1),
     groups=1,
     relu=False,
+    residual=False,
     dense=False,
     target,
 ):
@@ -70,7 +71,9 @@ def conv2d_gather_gemm(
     (data[N,C,H,W], *consts, out[N,T,OH,OW]); consts = [F packed [G,TO,KP,TI] float32,
     live-map table int32, gather offset table int32, (pixel base table int32, only when output
     rows are not padded: geom.OWP == 0), (bias [T])].
-    Bias and ReLU are fused into the epilogue; dead input maps are never read.  The PrimFunc
+    Bias and ReLU are fused into the epilogue; dead input maps are never read.  ``residual=True``
+    adds one more input after the consts, res[N,T,OH,OW], added before the ReLU in the same
+    epilogue (a ResNet block's skip connection: no separate add / ReLU pass over memory).  The PrimFunc
     carries tir.is_scheduled and no global_symbol (call it through R.call_tir, or compile it on
     its own with compile_kernel).  target: llvm (AVX-512 schedule) or cuda (shared-memory tiles).
     ``dense=True`` gathers every (s, i, j) row, zero groups included: the dense im2col GEMM of the
@@ -96,7 +99,7 @@ def conv2d_gather_gemm(
         if b.shape[0] != geom.T:
             raise ValueError(f"bias has {b.shape[0]} entries, expected {geom.T}")
         consts.append(np.ascontiguousarray(b))
-    func = conv_te(geom, bias is not None, relu)
+    func = conv_te(geom, bias is not None, relu, residual)
     if gpu:
         func = cuda.schedule_conv_cuda(func, geom, target)
     else:

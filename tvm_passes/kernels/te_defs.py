@@ -5,7 +5,8 @@ Stages of the conv (block names are relied upon by the schedules):
   "Dp"   padded copy of the *live* input maps, flat per image: Dp[b, l*Hp*Wp + h*Wp + w]
   "P"    gathered patch matrix P[b, g, k, n] = Dp[b, off[g, k] + base[n]]
   "C"    GEMM C[b, g, t, n] = sum_k F[g, t // TI, k, t % TI] * P[b, g, k, n]
-  "out"  epilogue out[b, c, oh, ow] = relu?(C[b, c // Tg, c % Tg, oh*OW + ow] + bias[c])
+  "out"  epilogue out[b, c, oh, ow] = relu?(C[b, c // Tg, c % Tg, oh*OW + ow] + bias[c] + res[b, c, oh, ow])
+         (the residual input ``res`` of a ResNet block is optional, like bias and ReLU)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tvm import te, tirx
 from .lowering import ConvGeometry
 
 
-def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool):
+def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = False):
     g_ = geom
     HW = g_.Hp * g_.Wp
     LP = g_.L + 1
@@ -25,6 +26,7 @@ def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool):
     off = te.placeholder((g_.G, g_.KP), "int32", name="off")
     base = None if g_.OWP else te.placeholder((g_.NP,), "int32", name="base")
     bias = te.placeholder((g_.T,), "float32", name="bias") if has_bias else None
+    res = te.placeholder((g_.N, g_.T, g_.OH, g_.OW), "float32", name="res") if has_res else None
 
     def dp(b, f):
         l = f // HW
@@ -64,12 +66,15 @@ def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool):
             v = C[b, c // g_.Tg, c % g_.Tg, oh * (g_.OWP or g_.OW) + ow]
         if has_bias:
             v = v + bias[c]
+        if has_res:
+            v = v + res[b, c, oh, ow]
         if relu:
             v = tirx.max(v, tirx.const(0.0, "float32"))
         return v
 
     out = te.compute((g_.N, g_.T, g_.OH, g_.OW), epi, name="out")
-    args = [data, F, live, off] + ([] if g_.OWP else [base]) + ([bias] if has_bias else []) + [out]
+    args = [data, F, live, off] + ([] if g_.OWP else [base]) + ([bias] if has_bias else [])
+    args += ([res] if has_res else []) + [out]
     return te.create_prim_func(args)
 
 

@@ -1,7 +1,7 @@
 """Relax pass 1: conv2d / matmul with constant weights -> scheduled kernel-library PrimFuncs.
 
-``relax.nn.conv2d(x, const W)`` (+ a per-channel constant bias add, + ReLU when they follow and
-nothing else reads the intermediate) becomes ``R.call_tir`` of ``conv2d_gather_gemm``: the GBD
+``relax.nn.conv2d(x, const W)`` (+ a per-channel constant bias add, + a residual add of a tensor of
+the output's shape, + ReLU, when they follow and nothing else reads the intermediates) becomes ``R.call_tir`` of ``conv2d_gather_gemm``: the GBD
 lowering of paper 000 section 3 / docs/formulas.md section 1 (gather the rows (s, i, j), (i, j) in
 Omega_s, then one GEMM with the compact filter matrix).  The cost model picks the sparse
 gather-GEMM or the dense im2col GEMM of the same kernel library per conv.
@@ -102,32 +102,48 @@ class GroupSparseConv:
         self.conv_bias = is_op("relax.add")(self.conv, self.b) | is_op("relax.add")(self.b, self.conv)
         self.conv_bias_relu = is_op("relax.nn.relu")(self.conv_bias)
         self.conv_relu = is_op("relax.nn.relu")(self.conv)
+        # a ResNet block's skip connection: relu(conv + bias + res) in the kernel's epilogue
+        self.r = wildcard()
+        self.conv_res = is_op("relax.add")(self.conv_bias, self.r) | is_op("relax.add")(self.r, self.conv_bias)
+        self.conv_res_relu = is_op("relax.nn.relu")(self.conv_res)
         self.mm = is_op("relax.matmul")(self.x, self.w)
         self.mm_bias = is_op("relax.add")(self.mm, self.b) | is_op("relax.add")(self.b, self.mm)
         self.mm_bias_relu = is_op("relax.nn.relu")(self.mm_bias)
         self.mm_relu = is_op("relax.nn.relu")(self.mm)
-        # most specific first: each stage is its own rewrite_call
+        # most specific first: each stage is its own rewrite_call; (pattern, core, bias, relu, residual)
         self.stages = [
-            (self.conv_bias_relu, self.conv, True, True),
-            (self.conv_bias, self.conv, True, False),
-            (self.conv_relu, self.conv, False, True),
-            (self.conv, self.conv, False, False),
-            (self.mm_bias_relu, self.mm, True, True),
-            (self.mm_bias, self.mm, True, False),
-            (self.mm_relu, self.mm, False, True),
-            (self.mm, self.mm, False, False),
+            (self.conv_res_relu, self.conv, True, True, True),
+            (self.conv_res, self.conv, True, False, True),
+            (self.conv_bias_relu, self.conv, True, True, False),
+            (self.conv_bias, self.conv, True, False, False),
+            (self.conv_relu, self.conv, False, True, False),
+            (self.conv, self.conv, False, False, False),
+            (self.mm_bias_relu, self.mm, True, True, False),
+            (self.mm_bias, self.mm, True, False, False),
+            (self.mm_relu, self.mm, False, True, False),
+            (self.mm, self.mm, False, False, False),
         ]
 
     # ------------------------------------------------------------------ helpers
-    def _intermediates_single_use(self, matches, root, core, has_bias, has_relu, uses):
+    def _intermediates_single_use(self, matches, root, core, has_bias, has_relu, uses, has_res=False):
+        conv = core is self.conv
         inner = [matches[core]]
-        if has_bias and has_relu:
-            inner.append(matches[self.conv_bias if core is self.conv else self.mm_bias])
+        if has_bias and (has_relu or has_res):
+            inner.append(matches[self.conv_bias if conv else self.mm_bias])
+        if has_res and has_relu:
+            inner.append(matches[self.conv_res])
         return all(uses.get(e, 0) == 1 for e in inner if not e.same_as(root))
 
-    def _conv_rewrite(self, expr, matches, has_bias, has_relu, uses, bb, count):
+    def _residual(self, matches, oshape):
+        """The residual operand when it is a float32 tensor of the conv output's shape, else None."""
+        res = matches[self.r]
+        if _dtype(res) != "float32" or not same_shape(kernel_shape(res), oshape):
+            return None
+        return res
+
+    def _conv_rewrite(self, expr, matches, has_bias, has_relu, uses, bb, count, has_res=False):
         call = matches[self.conv]
-        if not self._intermediates_single_use(matches, expr, self.conv, has_bias, has_relu, uses):
+        if not self._intermediates_single_use(matches, expr, self.conv, has_bias, has_relu, uses, has_res):
             return expr
         a = call.attrs
         data = matches[self.x]
@@ -150,6 +166,9 @@ class GroupSparseConv:
             bias = _channel_vector(matches[self.b], weight.shape[0], 3)
             if bias is None or not same_shape(kernel_shape(matches[self.conv_bias]), oshape):
                 return expr
+        res = self._residual(matches, oshape) if has_res else None
+        if has_res and res is None:
+            return expr
         groups = int(a.groups)
         attrs = dict(
             stride=tuple(int(v) for v in a.strides),
@@ -164,7 +183,7 @@ class GroupSparseConv:
         count["conv2d"] += 1
         try:
             func, consts = kernels.conv2d_gather_gemm(
-                dshape, weight, bias, target=self.target, dense=dec.decision == "dense", **attrs
+                dshape, weight, bias, target=self.target, dense=dec.decision == "dense", residual=has_res, **attrs
             )
         except Exception as exc:  # noqa: BLE001 - a layout the kernel library cannot schedule
             warnings.warn(
@@ -186,10 +205,11 @@ class GroupSparseConv:
             "groups": groups,
             "fused_bias": bias is not None,
             "fused_relu": has_relu,
+            "fused_residual": has_res,
             **dec.as_dict(),
         }
         gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), "gbd_conv_" + name.replace(".", "_"))
-        args = [data] + [relax.const(c) for c in consts]
+        args = [data] + [relax.const(c) for c in consts] + ([res] if has_res else [])
         return with_span(relax.call_tir(gv, args, relax.TensorType(oshape, "float32")), call.span)
 
     def _mm_rewrite(self, expr, matches, has_bias, has_relu, uses, bb, count):
@@ -247,12 +267,12 @@ class GroupSparseConv:
                 continue
             if "Primitive" in func.attrs.keys() and func.attrs["Primitive"] != 0:
                 continue
-            for pattern, core, has_bias, has_relu in self.stages:
+            for pattern, core, has_bias, has_relu, has_res in self.stages:
                 uses = use_counts(func)
                 if core is self.conv:
 
-                    def rewriter(expr, matches, hb=has_bias, hr=has_relu, u=uses):
-                        return self._conv_rewrite(expr, matches, hb, hr, u, bb, count)
+                    def rewriter(expr, matches, hb=has_bias, hr=has_relu, u=uses, hs=has_res):
+                        return self._conv_rewrite(expr, matches, hb, hr, u, bb, count, hs)
 
                 else:
 
