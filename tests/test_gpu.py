@@ -1,5 +1,6 @@
 """Whole-model CUDA exports run on the GPU against PyTorch on the same GPU (FP32, TF32 off):
-LeNet-5, ResNet-18, MobileNetV2 and a decomposed model, each with GBD patterns.  The kernel
+LeNet-5, ResNet-18, MobileNetV2 and a decomposed model, each with GBD patterns; ResNet-18 also
+with the tensor-core kernels (``dtype``), within ``artifact.verify.tolerance(dtype)``.  The kernel
 families one by one are in ``test_kernels.py`` (``-m gpu``).  Skipped without a CUDA GPU; the
 CUDA *builds* of these models run in the default suite (``test_export.py``, ``test_cli.py``)."""
 
@@ -12,10 +13,9 @@ import tvm_passes
 from lightning_gbd.core.lowrank import pca_decompose
 from tests.test_model_zoo import calibrate_bn, rescale_convs
 from tests.test_passes import impose_gbd, lenet, rel_err
+from tvm_passes.artifact import tolerance
 
 pytestmark = pytest.mark.gpu
-
-TOL = 1e-4
 
 
 @pytest.fixture(autouse=True)
@@ -31,13 +31,14 @@ def _export_and_check_cuda(model, shape, out_dir, **kw):
     model = model.eval()
     man = tvm_passes.export_model(model, torch.randn(*shape), "cuda", str(out_dir), **kw)
     assert man["device"] == "cuda"
+    assert man["compute_dtype"] == kw.get("dtype", "float32")
     assert man["verification"]["passed"], man["verification"]
     f = tvm_passes.load(out_dir)
     x = torch.randn(*shape)
     with torch.no_grad():
         ref = model.cuda()(x.cuda()).cpu().numpy()
     out = f(x)
-    assert rel_err(out.numpy(), ref) <= TOL
+    assert rel_err(out.numpy(), ref) <= tolerance(kw.get("dtype", "float32"))
     return man
 
 
@@ -55,6 +56,14 @@ def test_resnet18_cuda(tmp_path):
     torch.manual_seed(0)
     shape = (2, 3, 64, 64)
     _export_and_check_cuda(_zoo(torchvision.models.resnet18(weights=None), shape), shape, tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "tf32"])
+def test_resnet18_tensor_cores(tmp_path, dtype):
+    torch.manual_seed(0)
+    shape = (2, 3, 64, 64)
+    man = _export_and_check_cuda(_zoo(torchvision.models.resnet18(weights=None), shape), shape, tmp_path, dtype=dtype)
+    assert man["verification"]["tolerance"] == tolerance(dtype)
 
 
 def test_mobilenet_v2_cuda(tmp_path):

@@ -64,6 +64,13 @@ def build_parser():
     )
     p.add_argument("--dense", action="store_true", help="force every conv to the dense kernel path")
     p.add_argument(
+        "--dtype",
+        choices=["float32", "tf32", "float16", "bfloat16"],
+        default="float32",
+        help="compute dtype of the conv / linear kernels: float32 (default), or tensor-core tf32 / float16 / "
+        "bfloat16 with float32 accumulation (--target cuda only; input and output stay float32)",
+    )
+    p.add_argument(
         "--decompose-error",
         type=float,
         default=None,
@@ -123,6 +130,7 @@ def main(argv=None) -> int:
                 decompose_error=args.decompose_error,
                 progress=False if args.quiet else None,
                 source=source,
+                dtype=args.dtype,
             )
     except ExportError as exc:
         print(f"gbd-export: error: {_one_line(exc)}", file=sys.stderr)

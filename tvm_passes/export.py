@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .artifact.manifest import LIB_NAME, MANIFEST, VERIFICATION, build_manifest, output_spec, write_json
-from .artifact.verify import TOLERANCE, relative_error, verify_artifact
+from .artifact.verify import TOLERANCE, relative_error, tolerance, verify_artifact
 from .errors import ExportError
 from .frontend import check_finite, example_input_of, input_shape_of, specialize
 from .frontend.onnx_import import check_finite_onnx, import_onnx, is_onnx, onnx_reference, output_spec_of, read_onnx
@@ -59,7 +59,7 @@ def _stage_bar(stages, progress):
 
 class _Source(NamedTuple):
     """A model ready for ``lower``: the program (or imported module), its input shape and name,
-    whether its batch is symbolic, its output spec, and ``verify(out_dir, shape, dtype)``."""
+    whether its batch is symbolic, its output spec, and ``verify(out_dir, shape, dtype, tol)``."""
 
     program: object
     shape: tuple
@@ -78,7 +78,7 @@ def _prepare(model, example_input, input_shape, dynamic_batch) -> _Source:
     check_finite(ep)
     name = str(next(iter(ep.graph_signature.user_inputs), "input"))
     shape = tuple(int(v) for v in example_input.shape)
-    verify = lambda out_dir, s, dtype: verify_artifact(out_dir, ep, s, dtype=dtype)
+    verify = lambda out_dir, s, dtype, tol: verify_artifact(out_dir, ep, s, dtype=dtype, tol=tol)
     return _Source(ep, shape, name, is_dynamic_batch(ep), output_spec(ep), verify)
 
 
@@ -96,7 +96,7 @@ def _prepare_onnx(model, example_input, input_shape, dynamic_batch) -> _Source:
         )
         dynamic_batch = False
     imp = import_onnx(om, shape, dynamic_batch=dynamic_batch)
-    verify = lambda out_dir, s, dtype: _verify_onnx(out_dir, om, s, dtype)
+    verify = lambda out_dir, s, dtype, tol: _verify_onnx(out_dir, om, s, dtype, tol=tol)
     return _Source(imp, shape, om.input_name, dynamic_batch, output_spec_of(imp.mod), verify)
 
 
@@ -125,18 +125,18 @@ def _verify_onnx(out_dir, om, input_shape, dtype, seed=0, tol=TOLERANCE) -> dict
     }
 
 
-def _verification(out_dir, src, target, dtype, batches) -> dict:
+def _verification(out_dir, src, target, dtype, batches, tol=TOLERANCE) -> dict:
     """The artifact against its reference (PyTorch, or the ONNX model) at each batch size (the
-    worst one is reported first)."""
+    worst one is reported first); ``tol``: the compute dtype's (``artifact.verify.tolerance``)."""
     if target.kind.name == "cuda" and not has_cuda_device():
         return {"skipped": True, "reason": "no CUDA device on this machine (artifact built only)", "passed": None}
     shape = src.shape
-    runs = [src.verify(out_dir, (b, *shape[1:]), dtype) for b in batches]
+    runs = [src.verify(out_dir, (b, *shape[1:]), dtype, tol) for b in batches]
     ver = max(runs, key=lambda r: r["max_relative_error"])
     ver = {**ver, "passed": all(r["passed"] for r in runs), "batches": list(batches)}
     if not ver["passed"]:
         warnings.warn(
-            f"gbd-export: verification failed, max relative error {ver['max_relative_error']:.3g} > {TOLERANCE}",
+            f"gbd-export: verification failed, max relative error {ver['max_relative_error']:.3g} > {tol}",
             stacklevel=3,
         )
     return ver
@@ -158,6 +158,7 @@ def export_model(
     decompose_error=None,
     progress=False,
     source=None,
+    dtype="float32",
 ):
     """Compile ``model`` (an ``nn.Module``, an ``ExportedProgram``, or an ONNX model: an ``.onnx``
     path or ``onnx.ModelProto``, verified against ONNX Runtime / ``onnx.reference``) into ``out_dir``.
@@ -168,10 +169,13 @@ def export_model(
     export).  ``dynamic_batch``: every kernel compiled for a symbolic batch (any batch at run
     time; verified at two).  ``input_shape`` overrides the shape of ``example_input`` (the model
     is re-exported for it).  ``progress``: a stage bar on stderr (``None``: only on a terminal).
-    ``source``: the ``.pt2`` it came from, recorded for ``gbd-bench --against``.
+    ``source``: the ``.pt2`` it came from, recorded for ``gbd-bench --against``.  ``dtype``: compute
+    dtype of the conv / linear kernels, "float32" or, on CUDA, the tensor-core "tf32" / "float16" /
+    "bfloat16" (model input and output stay float32; verified within ``artifact.verify.tolerance``).
     """
     t0 = time.time()
     tgt = make_target(target)
+    _check_dtype(dtype, tgt)
     first = "ONNX import" if is_onnx(model) else "torch.export"
     stages = [first, "graph passes + GBD kernels" + (" + tuning" if tune_trials else ""), "compile", "write"]
     bar, stage = _stage_bar(stages + (["verify"] if do_verify else []), progress)
@@ -187,16 +191,18 @@ def export_model(
         tune_db=tune_db,
         log=log,
         decompose_error=decompose_error,
+        dtype=dtype,
     )
     stage(2)
     ex = compile_module(low.mod, tgt)
     stage(3)
-    manifest = _write_artifact(out_dir, ex, src, low, tgt, sparse, time.time() - t0, source)
+    manifest = _write_artifact(out_dir, ex, src, low, tgt, sparse, time.time() - t0, source, dtype)
     ver_path = os.path.join(out_dir, VERIFICATION)
     if do_verify:
         stage(4)
         batches = [shape[0]] + ([1 if shape[0] != 1 else 3] if manifest["input"]["dynamic_batch"] else [])
-        manifest["verification"] = _verification(out_dir, src, tgt, low.imported.input_dtype, batches)
+        tol = tolerance(dtype)
+        manifest["verification"] = _verification(out_dir, src, tgt, low.imported.input_dtype, batches, tol)
         write_json(ver_path, manifest["verification"])
         write_json(os.path.join(out_dir, MANIFEST), manifest)
     elif os.path.exists(ver_path):
@@ -206,7 +212,16 @@ def export_model(
     return manifest
 
 
-def _write_artifact(out_dir, ex, src, low, tgt, sparse, seconds, source=None) -> dict:
+def _check_dtype(dtype, tgt) -> None:
+    from .kernels import check_dtype
+
+    try:
+        check_dtype(dtype, tgt)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _write_artifact(out_dir, ex, src, low, tgt, sparse, seconds, source=None, dtype="float32") -> dict:
     """``model.so`` and a first ``manifest.json`` (the loader needs it to verify)."""
     os.makedirs(out_dir, exist_ok=True)
     lib_path = os.path.join(out_dir, LIB_NAME)
@@ -231,6 +246,7 @@ def _write_artifact(out_dir, ex, src, low, tgt, sparse, seconds, source=None) ->
         tuning=low.tuning,
         compile_seconds=seconds,
     )
+    manifest["compute_dtype"] = dtype  # of the conv / linear kernels (input / output: float32)
     if source is not None:
         manifest["source"] = os.path.abspath(source)
     write_json(os.path.join(out_dir, MANIFEST), manifest)

@@ -17,6 +17,7 @@ import tvm
 from tvm import relax
 
 from .frontend import ImportResult, import_program
+from .kernels import build_context
 from .passes import DeadChannels, GroupSparseConv, LowRankConv, collect_records
 from .schedules import apply_generic_schedules, unscheduled_funcs
 
@@ -36,23 +37,27 @@ class Lowered:
     tuning: dict | None
 
 
-def gbd_passes(target, *, sparse=True, decompose_error=None) -> tvm.transform.Pass:
+def gbd_passes(target, *, sparse=True, decompose_error=None, dtype="float32") -> tvm.transform.Pass:
     """The GBD passes in their order, as one Sequential."""
     passes = [DeadChannels()] if sparse else []
     if decompose_error is not None:
         passes.append(LowRankConv(decompose_error))
-    passes.append(GroupSparseConv(target, sparse=sparse))
+    passes.append(GroupSparseConv(target, sparse=sparse, dtype=dtype))
     return tvm.transform.Sequential(passes, name="GBDPasses")
 
 
-def lower(ep, target, *, sparse=True, tune_trials=0, tune_db=None, log=None, decompose_error=None) -> Lowered:
+def lower(
+    ep, target, *, sparse=True, tune_trials=0, tune_db=None, log=None, decompose_error=None, dtype="float32"
+) -> Lowered:
     """Relax + TIR module ready for ``compile_module``, with its per-layer records.
 
     ``ep``: an ExportedProgram (imported here) or an already imported module (an
     ``ImportResult``, e.g. of ``frontend.import_onnx``).  With ``decompose_error`` e, convs whose
-    weight has PCA rank K at error e with fewer FLOPs are decomposed first (``passes.LowRankConv``)."""
+    weight has PCA rank K at error e with fewer FLOPs are decomposed first (``passes.LowRankConv``).
+    ``dtype``: compute dtype of the conv / linear kernels (tf32 / float16 / bfloat16: the CUDA
+    tensor-core kernels; the rest of the model stays float32)."""
     imp = ep if isinstance(ep, ImportResult) else import_program(ep)
-    mod = gbd_passes(target, sparse=sparse, decompose_error=decompose_error)(imp.mod)
+    mod = gbd_passes(target, sparse=sparse, decompose_error=decompose_error, dtype=dtype)(imp.mod)
     records, decomposed = collect_records(imp.mod, mod, decompose_error)
     with target:
         mod = tvm.transform.Sequential(
@@ -95,11 +100,12 @@ def compile_module(mod, target):
     mod = vm_build._vmcodegen(builder, mod, "bytecode")
     tir = {gv: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     host = {gv: f for gv, f in tir.items() if f.attrs is not None and f.attrs.get("tirx.is_host_func", False)}
-    libs = [
-        tvm.tirx.build(tvm.IRModule(part, attrs=mod.attrs), target=target)
-        for part in ({gv: f for gv, f in tir.items() if gv not in host}, host)
-        if part
-    ]
+    with build_context(target):
+        libs = [
+            tvm.tirx.build(tvm.IRModule(part, attrs=mod.attrs), target=target)
+            for part in ({gv: f for gv, f in tir.items() if gv not in host}, host)
+            if part
+        ]
     lib = libs[0] if libs else None
     for extra in libs[1:]:
         lib.import_module(extra)

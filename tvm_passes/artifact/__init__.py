@@ -3,7 +3,7 @@ sha256) and ``verification.json``; ``load`` turns it into a callable."""
 
 from .loader import CompiledModel, load
 from .manifest import LIB_NAME, MANIFEST, VERIFICATION, sha256_file
-from .verify import TOLERANCE, relative_error, verify_artifact
+from .verify import TOLERANCE, kernel_tolerance, relative_error, tolerance, verify_artifact
 
 __all__ = [
     "CompiledModel",
@@ -11,8 +11,10 @@ __all__ = [
     "MANIFEST",
     "TOLERANCE",
     "VERIFICATION",
+    "kernel_tolerance",
     "load",
     "relative_error",
     "sha256_file",
+    "tolerance",
     "verify_artifact",
 ]

@@ -8,6 +8,25 @@ from .loader import load
 
 TOLERANCE = 1e-4
 
+#: unit roundoff of the operands the conv / linear kernels multiply in each compute dtype
+#: (round to nearest: 2^-(explicit mantissa bits + 1)); accumulation is float32 in all of them
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "tf32": 2.0**-11, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def tolerance(dtype: str = "float32") -> float:
+    """Verification tolerance of a whole model (max|out - ref| / max|ref| against float32 PyTorch)
+    whose kernels compute in ``dtype``: 1e-4 for float32; 20 u for the tensor-core dtypes (tf32 /
+    float16 ~1e-2, bfloat16 ~7.8e-2).  One layer's error is ~u (operands rounded to relative u,
+    float32 sums: the error of a length-K dot product is ~u sqrt(K) times the typical term, the
+    sum itself ~sqrt(K) times it); through a network's depth it grows like a random walk, and the
+    factor 20 covers ~25 layers with a 4x margin (docs/architecture.md)."""
+    return TOLERANCE if dtype == "float32" else 20 * UNIT_ROUNDOFF[dtype]
+
+
+def kernel_tolerance(dtype: str = "float32") -> float:
+    """Tolerance of one conv / linear kernel in ``dtype`` (the same metric): 4 u, 1e-4 for float32."""
+    return TOLERANCE if dtype == "float32" else 4 * UNIT_ROUNDOFF[dtype]
+
 
 def relative_error(out, ref) -> float:
     """max |out - ref| / max |ref| (norm-wise, stable where ref crosses zero)."""

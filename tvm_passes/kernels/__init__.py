@@ -6,10 +6,21 @@ docs/formulas.md section 1 "Lowering").
 core, so parallel kernels ran at single-thread speed (28x28 conv: 1.33 ms bound, 0.68 ms unbound).
 """
 
-from .gather_gemm import compile_kernel, conv2d_gather_gemm, dense_gemm, pack_dense_weight
+from .gather_gemm import (
+    DTYPES,
+    build_context,
+    check_dtype,
+    compile_kernel,
+    conv2d_gather_gemm,
+    dense_gemm,
+    pack_dense_weight,
+)
 from .lowering import conv_output_size, lower_conv
 
 __all__ = [
+    "DTYPES",
+    "build_context",
+    "check_dtype",
     "compile_kernel",
     "conv2d_gather_gemm",
     "dense_gemm",

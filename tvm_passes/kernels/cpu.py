@@ -23,6 +23,8 @@ CONV_ROW_ALIGN = (16, 8)  # output rows padded to 16 (else 8) pixels: one vector
 
 #: float32 lanes of one AVX-512 register
 VECTOR_LANES = 16
+#: padded input rows up to this length are copied as one vector op
+MAX_VECTOR_ROW = 512
 
 
 def lowering_params(Tg=None):
@@ -130,11 +132,13 @@ def _schedule_padded_copy(sch, geom: ConvGeometry):
     HW = geom.Hp * geom.Wp
     if geom.Hp == 1:  # one padded row: (f % HW) // Wp is constant, not a bijective affine map
         sch.transform_block_layout(dblk, lambda b, f: (b, f // geom.Wp, f % geom.Wp))
-        db, dl, _ = sch.get_loops(dblk)
+        db, dl, dw = sch.get_loops(dblk)
     else:
         sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
-        db, dl, _, _ = sch.get_loops(dblk)
+        db, dl, _, dw = sch.get_loops(dblk)
     sch.parallel(sch.fuse(db, dl))
+    if geom.Wp <= MAX_VECTOR_ROW:  # a whole padded row as one vector op (the select is branch-free)
+        sch.vectorize(dw)
 
 
 def _schedule_epilogue(sch, geom: ConvGeometry, fused_at):

@@ -4,14 +4,19 @@ numpy constants their extra parameters take."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tvm
 from tvm import tirx
 
 from ..threads import configure as configure_threads
-from . import cpu, cuda
-from .lowering import lower_conv
-from .te_defs import conv_te, dense_te
+from . import cpu, cuda, cuda_tc
+from .lowering import conv_output_size, lower_conv
+from .te_defs import conv_te, dense_te, dense_te_tc
+
+#: compute dtypes of the kernels: float32 (SIMT on CUDA, AVX-512 on CPU) and the CUDA tensor-core ones
+DTYPES = ("float32", *cuda_tc.DTYPES)
 
 
 def _as_target(target):
@@ -41,13 +46,49 @@ def _batch_dim(dim):
     return tirx.Var(getattr(dim, "name", "batch"), "int32")
 
 
+def check_dtype(dtype, target) -> str:
+    """``dtype`` if the target can run it, else a one-line ValueError (tensor cores: CUDA only)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    kind = _as_target(target).kind.name
+    if dtype != "float32" and kind != "cuda":
+        raise ValueError(f"dtype {dtype!r} needs the CUDA target (tensor cores); {kind} kernels are float32 only")
+    return dtype
+
+
+def operand_array(a, dtype):
+    """A float32 numpy constant in the storage type of ``dtype``'s operands (tf32: rounded, kept in
+    float32; bfloat16: ml_dtypes' numpy type, round to nearest even)."""
+    a = np.asarray(a, dtype=np.float32)
+    if dtype == "tf32":
+        bits = a.view(np.uint32)
+        return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return a.astype(ml_dtypes.bfloat16)
+    return a.astype(dtype)
+
+
 def compile_kernel(func, target):
     """Compile one kernel from this library on its own (tests, benchmarks); the result is
     callable as ``lib(*inputs, out)`` / ``lib["main"]``."""
     target = _as_target(target)
     if not _is_gpu(target):
         configure_threads()
-    return tvm.compile(func.with_attr("global_symbol", "main"), target=target)
+    with build_context(target):
+        return tvm.compile(func.with_attr("global_symbol", "main"), target=target)
+
+
+def build_context(target):
+    """The context kernels of this library are built in: on CUDA a PassContext in which the copies
+    of the software pipelines' async stages become ``cp.async`` (TVM's InjectPTXAsyncCopy; kernels
+    without such stages are unchanged); elsewhere the current one."""
+    if _as_target(target).kind.name != "cuda":
+        return contextlib.nullcontext()
+    cur = tvm.transform.PassContext.current()
+    cfg = {**dict(cur.config), "tirx.use_async_copy": True}
+    return tvm.transform.PassContext(opt_level=cur.opt_level, config=cfg, disabled_pass=list(cur.disabled_pass))
 
 
 def conv2d_gather_gemm(
@@ -63,6 +104,7 @@ def conv2d_gather_gemm(
     residual=False,
     dense=False,
     target,
+    dtype="float32",
 ):
     """NCHW float32 conv2d lowered to gather + GEMM over the surviving GBD groups (paper 000 s.3).
 
@@ -78,11 +120,19 @@ def conv2d_gather_gemm(
     its own with compile_kernel).  target: llvm (AVX-512 schedule) or cuda (shared-memory tiles).
     ``dense=True`` gathers every (s, i, j) row, zero groups included: the dense im2col GEMM of the
     same kernel (the baseline the cost model compares against).
+    ``dtype`` "tf32" / "float16" / "bfloat16" (CUDA only): the tensor-core kernels of cuda_tc.py; F is
+    then [G, TP, KP] in that type (tf32: float32 rounded to tf32) and the input is cast in the
+    padded copy; accumulation, bias, residual and output stay float32.
     """
     target = _as_target(target)
     gpu = _is_gpu(target)
+    tc = check_dtype(dtype, target) != "float32"
     weight = np.asarray(weight, dtype=np.float32)
-    if gpu:
+    if tc:
+        T, Cg, kh, kw = weight.shape
+        OH, OW = conv_output_size(data_shape[2], data_shape[3], kh, kw, stride, padding, dilation)
+        lw = cuda_tc.lowering_params(T // groups, OH * OW, Cg * kh * kw)
+    elif gpu:
         lw = dict(TI=cuda.CONV_TI, NV=cuda.CONV_NV, k_align=cuda.KC)
     else:
         lw = cpu.lowering_params(weight.shape[0] // groups)
@@ -93,14 +143,18 @@ def conv2d_gather_gemm(
         tpo = cpu.choose_t_split(geom, cpu._num_threads(target))
         if geom.TO % tpo:  # pad the filter rows so the t-chunks divide evenly
             geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw, to_multiple=tpo)
+    if tc:  # [G, TO, KP, TI] -> [G, TP, KP], rows of the filter matrix in the operand type
+        F = operand_array(F.transpose(0, 1, 3, 2).reshape(geom.G, geom.TO * geom.TI, geom.KP), dtype)
     consts = [F, live, off] + ([] if geom.OWP else [base])
     if bias is not None:
         b = np.asarray(bias, dtype=np.float32).reshape(-1)
         if b.shape[0] != geom.T:
             raise ValueError(f"bias has {b.shape[0]} entries, expected {geom.T}")
         consts.append(np.ascontiguousarray(b))
-    func = conv_te(geom, bias is not None, relu, residual)
-    if gpu:
+    func = conv_te(geom, bias is not None, relu, residual, dtype)
+    if tc:
+        func = cuda_tc.schedule_conv_tc(func, geom, dtype)
+    elif gpu:
         func = cuda.schedule_conv_cuda(func, geom, target)
     else:
         func = cpu.schedule_conv_cpu(func, geom, target)
@@ -116,20 +170,25 @@ def pack_dense_weight(weight, OI):
     return np.ascontiguousarray(wp.reshape(OO, OI, K).transpose(0, 2, 1))
 
 
-def dense_gemm(in_shape, weight, bias=None, *, relu=False, target):
+def dense_gemm(in_shape, weight, bias=None, *, relu=False, target, dtype="float32"):
     """Linear layer y = x @ weight.T (+ bias, ReLU) with x (M, K), weight numpy (O, K).
 
     Returns (PrimFunc, consts): params (x[M,K], *consts, y[M,O]); consts = [weight packed
     [ceil(O/OI), K, OI] float32, (bias [O])].  Same GEMM micro-kernel as the conv (paper 000 s.3);
-    same PrimFunc conventions as conv2d_gather_gemm.
+    same PrimFunc conventions as conv2d_gather_gemm.  ``dtype`` "tf32" / "float16" / "bfloat16"
+    (CUDA only): the tensor-core GEMM of cuda_tc.py, consts = [weight as [KP, OP] in that type,
+    (bias)].
     """
     target = _as_target(target)
     gpu = _is_gpu(target)
+    tc = check_dtype(dtype, target) != "float32"
     weight = np.asarray(weight, dtype=np.float32)
     M, K = _batch_dim(in_shape[0]), int(in_shape[1])
     O, K2 = weight.shape
     if K2 != K:
         raise ValueError(f"weight {weight.shape} does not match input {in_shape}")
+    if tc:
+        return _dense_tc(M, K, weight, bias, relu, dtype, target)
     OI = cuda.DENSE_OI if gpu else cpu.DENSE_OI
     consts = [pack_dense_weight(weight, OI)]
     if bias is not None:
@@ -142,3 +201,17 @@ def dense_gemm(in_shape, weight, bias=None, *, relu=False, target):
     else:
         func = cpu.schedule_dense_cpu(func, M, K, O, OI, TM, target)
     return _finish(func, target), consts
+
+
+def _dense_tc(M, K, weight, bias, relu, dtype, target):
+    O = weight.shape[0]
+    bm, bn, bk = cuda_tc.dense_tiles(M, O)
+    MP = (M + bm - 1) // bm * bm
+    KP, OP = -(-K // bk) * bk, -(-O // bn) * bn
+    w = np.zeros((KP, OP), np.float32)
+    w[:K, :O] = weight.T
+    consts = [operand_array(w, dtype)]
+    if bias is not None:
+        consts.append(np.ascontiguousarray(np.asarray(bias, dtype=np.float32).reshape(-1)))
+    func = dense_te_tc(M, K, O, MP, KP, OP, bias is not None, relu, dtype)
+    return _finish(cuda_tc.schedule_dense_tc(func, bm, bn, bk, dtype), target), consts

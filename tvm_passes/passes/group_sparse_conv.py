@@ -1,10 +1,10 @@
 """Relax pass 1: conv2d / matmul with constant weights -> scheduled kernel-library PrimFuncs.
 
 ``relax.nn.conv2d(x, const W)`` (+ a per-channel constant bias add, + a residual add of a tensor of
-the output's shape, + ReLU, when they follow and nothing else reads the intermediates) becomes ``R.call_tir`` of ``conv2d_gather_gemm``: the GBD
-lowering of paper 000 section 3 / docs/formulas.md section 1 (gather the rows (s, i, j), (i, j) in
-Omega_s, then one GEMM with the compact filter matrix).  The cost model picks the sparse
-gather-GEMM or the dense im2col GEMM of the same kernel library per conv.
+the output's shape, + ReLU, when they follow and nothing else reads the intermediates) becomes
+``R.call_tir`` of ``conv2d_gather_gemm``: the GBD lowering of paper 000 section 3 / docs/formulas.md
+section 1 (gather the rows (s, i, j), (i, j) in Omega_s, then one GEMM with the compact filter matrix).
+The cost model picks the sparse gather-GEMM or the dense im2col GEMM of the same kernel library per conv.
 ``relax.matmul(x, const W)`` (+ bias, + ReLU) becomes ``dense_gemm``.  Written in the style of
 TVM's ``FoldBatchnormToConv2D`` (DPL patterns built in ``__init__``, a rewriter, ``rewrite_call``).
 """
@@ -87,13 +87,15 @@ class GroupSparseConv:
 
     Each kernel PrimFunc carries its layer's record (name from the call's span, shapes, fused
     epilogue, the cost model's decision) as the ``RECORD_ATTR`` attribute; ``passes.records``
-    reads them back.  ``sparse=False`` forces every conv to the dense im2col GEMM.
+    reads them back.  ``sparse=False`` forces every conv to the dense im2col GEMM.  ``dtype``: the
+    kernels' compute dtype (float32, or tf32 / float16 / bfloat16 tensor-core kernels on CUDA).
     """
 
-    def __init__(self, target, *, sparse=True, warn=True):
+    def __init__(self, target, *, sparse=True, warn=True, dtype="float32"):
         self.target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
         self.sparse = sparse
         self.warn = warn
+        self.dtype = dtype
 
         self.x = wildcard()
         self.w = is_const()
@@ -183,7 +185,14 @@ class GroupSparseConv:
         count["conv2d"] += 1
         try:
             func, consts = kernels.conv2d_gather_gemm(
-                dshape, weight, bias, target=self.target, dense=dec.decision == "dense", residual=has_res, **attrs
+                dshape,
+                weight,
+                bias,
+                target=self.target,
+                dense=dec.decision == "dense",
+                residual=has_res,
+                dtype=self.dtype,
+                **attrs,
             )
         except Exception as exc:  # noqa: BLE001 - a layout the kernel library cannot schedule
             warnings.warn(
@@ -235,7 +244,7 @@ class GroupSparseConv:
             bias = _channel_vector(matches[self.b], weight.shape[0], 1)
             if bias is None or not same_shape(kernel_shape(matches[self.mm_bias]), oshape):
                 return expr
-        func, consts = _kernels().dense_gemm(dshape, weight, bias, relu=has_relu, target=self.target)
+        func, consts = _kernels().dense_gemm(dshape, weight, bias, relu=has_relu, target=self.target, dtype=self.dtype)
         idx = count["linear"]
         count["linear"] += 1
         name = layer_name(call) or f"linear{idx}"
