@@ -21,6 +21,19 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
+#: the per-conv benchmark layers (CPU conv_speed and CUDA cuda_speed): name, C, T, k, pad, H.
+#: ResNet-50's 3x3 convs have ResNet-18's shapes.
+CONV_SHAPES = [
+    ("alexnet.conv2 64->192 5x5 27", 64, 192, 5, 2, 27),
+    ("alexnet.conv3 192->384 3x3 13", 192, 384, 3, 1, 13),
+    ("vgg16.conv3_x 256->256 3x3 56", 256, 256, 3, 1, 56),
+    ("vgg16.conv4_x 512->512 3x3 28", 512, 512, 3, 1, 28),
+    ("resnet18 3x3 64@56", 64, 64, 3, 1, 56),
+    ("resnet18 3x3 128@28", 128, 128, 3, 1, 28),
+    ("resnet18 3x3 256@14", 256, 256, 3, 1, 14),
+    ("resnet18 3x3 512@7", 512, 512, 3, 1, 7),
+]
+
 
 def setup_env(threads=2):
     """Must run before tvm / torch are imported: TVM_NUM_THREADS and TVM_BIND_THREADS=0 (on these

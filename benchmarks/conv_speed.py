@@ -31,16 +31,7 @@ import numpy as np
 
 from benchmarks import common
 
-SHAPES = [  # name, C, T, k, pad, H
-    ("alexnet.conv2 64->192 5x5 27", 64, 192, 5, 2, 27),
-    ("alexnet.conv3 192->384 3x3 13", 192, 384, 3, 1, 13),
-    ("vgg16.conv3_x 256->256 3x3 56", 256, 256, 3, 1, 56),
-    ("vgg16.conv4_x 512->512 3x3 28", 512, 512, 3, 1, 28),
-    ("resnet18 3x3 64@56", 64, 64, 3, 1, 56),
-    ("resnet18 3x3 128@28", 128, 128, 3, 1, 28),
-    ("resnet18 3x3 256@14", 256, 256, 3, 1, 14),
-    ("resnet18 3x3 512@7", 512, 512, 3, 1, 7),
-]
+SHAPES = common.CONV_SHAPES
 QUICK_SHAPES = [0, 1, 5, 6]
 DENSITIES = [1.0, 0.5, 0.3, 0.2, 0.1, 0.05]
 QUICK_DENSITIES = [1.0, 0.3, 0.1]

@@ -137,7 +137,7 @@ def _schedule_padded_copy(sch, geom: ConvGeometry):
         sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
         db, dl, _, dw = sch.get_loops(dblk)
     sch.parallel(sch.fuse(db, dl))
-    if geom.Wp <= MAX_VECTOR_ROW:  # a whole padded row as one vector op (the select is branch-free)
+    if geom.Wp <= MAX_VECTOR_ROW:  # a whole padded row as one vector op (the masked load is branch-free)
         sch.vectorize(dw)
 
 

@@ -63,6 +63,15 @@ def _conv_gemm(g_: ConvGeometry, F, P, dtype):
     )
 
 
+def _epilogue(v, bias=None, res=None, relu=False):
+    """relu?(v + bias + res) in float32: the fused epilogue of every kernel (docs/formulas.md 1.18)."""
+    if bias is not None:
+        v = v + bias
+    if res is not None:
+        v = v + res
+    return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
+
+
 def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = False, dtype: str = "float32"):
     g_ = geom
     HW = g_.Hp * g_.Wp
@@ -113,13 +122,7 @@ def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = Fals
             v = C[b, c // g_.Tg, c % g_.Tg, oh, ow]
         else:
             v = C[b, c // g_.Tg, c % g_.Tg, oh * (g_.OWP or g_.OW) + ow]
-        if has_bias:
-            v = v + bias[c]
-        if has_res:
-            v = v + res[b, c, oh, ow]
-        if relu:
-            v = tirx.max(v, tirx.const(0.0, "float32"))
-        return v
+        return _epilogue(v, bias[c] if has_bias else None, res[b, c, oh, ow] if has_res else None, relu)
 
     out = te.compute((g_.N, g_.T, g_.OH, g_.OW), epi, name="out")
     args = [data, F, live, off] + ([] if g_.OWP else [base]) + ([bias] if has_bias else [])
@@ -142,12 +145,7 @@ def dense_te(M, K, O, OI, has_bias: bool, relu: bool, MP=None):
     )
 
     def epi(m, o):
-        v = C[m, o]
-        if has_bias:
-            v = v + bias[o]
-        if relu:
-            v = tirx.max(v, tirx.const(0.0, "float32"))
-        return v
+        return _epilogue(C[m, o], bias[o] if has_bias else None, None, relu)
 
     out = te.compute((M, O), epi, name="out")
     args = [x, Wp] + ([bias] if has_bias else []) + [out]
@@ -174,12 +172,7 @@ def dense_te_tc(M, K, O, MP, KP, OP, has_bias: bool, relu: bool, dtype: str):
     C = te.compute((MP, OP), lambda m, o: te.sum(f32(X[m, k]) * f32(W[k, o]), axis=k), name="C")
 
     def epi(m, o):
-        v = C[m, o]
-        if has_bias:
-            v = v + bias[o]
-        if relu:
-            v = tirx.max(v, zero)
-        return v
+        return _epilogue(C[m, o], bias[o] if has_bias else None, None, relu)
 
     out = te.compute((M, O), epi, name="out")
     args = [x, W] + ([bias] if has_bias else []) + [out]
