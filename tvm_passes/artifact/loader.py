@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -117,7 +118,15 @@ def load(out_dir, *, device=None, check_sha=True, threads=None) -> CompiledModel
     if manifest.get("device") == "cuda" and not device.exist:
         raise ArtifactError(f"{out_dir}: CUDA artifact but no CUDA device here")
     tag = str(manifest.get("library_sha256") or st.st_mtime_ns)[:32]
-    vm = relax.VirtualMachine(tvm.runtime.load_module(_private_copy(lib_path, tag)), device)
+    private = _private_copy(lib_path, tag)
+    try:
+        lib = tvm.runtime.load_module(private)
+    finally:
+        # Once dlopen'ed the mapping outlives the file: remove it so no process leaves a
+        # library-sized copy in the temp dir (a test run loads hundreds of artifacts).
+        with contextlib.suppress(OSError):
+            os.remove(private)
+    vm = relax.VirtualMachine(lib, device)
     model = CompiledModel(out_dir, manifest, vm, device)
     with _LOCK:
         _CACHE[key] = model
@@ -138,7 +147,8 @@ def _read_manifest(out_dir) -> tuple[dict, str]:
 
 def _private_copy(lib_path, tag) -> str:
     """dlopen returns the library already loaded from the same path, even if the file was replaced
-    by a newer export: load a per-content copy so a re-export in this process is really loaded."""
+    by a newer export: load a per-content copy so a re-export in this process is really loaded.
+    The caller removes the copy once it is loaded."""
     unique = os.path.join(tempfile.gettempdir(), f"gbd_{os.getpid()}_{tag}.so")
     if not os.path.exists(unique):
         shutil.copyfile(lib_path, unique + ".tmp")
