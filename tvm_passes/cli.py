@@ -65,10 +65,24 @@ def build_parser():
     p.add_argument("--dense", action="store_true", help="force every conv to the dense kernel path")
     p.add_argument(
         "--dtype",
-        choices=["float32", "tf32", "float16", "bfloat16"],
+        choices=["float32", "int8", "tf32", "float16", "bfloat16"],
         default="float32",
-        help="compute dtype of the conv / linear kernels: float32 (default), or tensor-core tf32 / float16 / "
-        "bfloat16 with float32 accumulation (--target cuda only; input and output stay float32)",
+        help="compute dtype of the conv / linear kernels: float32 (default); int8 (CPUs with AVX-512 VNNI; convs "
+        "quantized from --calibration); or tensor-core tf32 / float16 / bfloat16 with float32 accumulation "
+        "(--target cuda only). Input and output stay float32",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        metavar="SOURCE",
+        help="int8: calibration inputs, a .npy (N,C,H,W float32) or a `gbd fit` run directory holding "
+        "calibration.npy (`gbd calibration-set RUN_DIR` writes it from the run's training split)",
+    )
+    p.add_argument(
+        "--calibration-method",
+        choices=["percentile", "minmax"],
+        default="percentile",
+        help="int8: each conv input's range from the calibration data: the 99.99th percentile (default) or min/max",
     )
     p.add_argument(
         "--decompose-error",
@@ -131,6 +145,8 @@ def main(argv=None) -> int:
                 progress=False if args.quiet else None,
                 source=source,
                 dtype=args.dtype,
+                calibration=args.calibration,
+                calibration_method=args.calibration_method,
             )
     except ExportError as exc:
         print(f"gbd-export: error: {_one_line(exc)}", file=sys.stderr)

@@ -159,6 +159,8 @@ def export_model(
     progress=False,
     source=None,
     dtype="float32",
+    calibration=None,
+    calibration_method="percentile",
 ):
     """Compile ``model`` (an ``nn.Module``, an ``ExportedProgram``, or an ONNX model: an ``.onnx``
     path or ``onnx.ModelProto``, verified against ONNX Runtime / ``onnx.reference``) into ``out_dir``.
@@ -171,7 +173,11 @@ def export_model(
     is re-exported for it).  ``progress``: a stage bar on stderr (``None``: only on a terminal).
     ``source``: the ``.pt2`` it came from, recorded for ``gbd-bench --against``.  ``dtype``: compute
     dtype of the conv / linear kernels, "float32" or, on CUDA, the tensor-core "tf32" / "float16" /
-    "bfloat16" (model input and output stay float32; verified within ``artifact.verify.tolerance``).
+    "bfloat16" (model input and output stay float32; verified within ``artifact.verify.tolerance``),
+    or "int8" on AVX-512 VNNI CPUs: post-training quantization of every conv from ``calibration``
+    (inputs as a numpy array, a ``.npy`` path or a run directory holding ``calibration.npy``; the
+    input ranges by ``calibration_method``, "percentile" or "minmax"), verified against the
+    fake-quant model (``frontend.calibrate``).
     """
     t0 = time.time()
     tgt = make_target(target)
@@ -182,6 +188,7 @@ def export_model(
     stage(0)
     src = _prepare(model, example_input, input_shape, dynamic_batch)
     shape = src.shape
+    quant = _calibrate(src, dtype, calibration, calibration_method)
     stage(1)
     low = lower(
         src.program,
@@ -192,6 +199,7 @@ def export_model(
         log=log,
         decompose_error=decompose_error,
         dtype=dtype,
+        quant=quant,
     )
     stage(2)
     ex = compile_module(low.mod, tgt)
@@ -202,6 +210,8 @@ def export_model(
         stage(4)
         batches = [shape[0]] + ([1 if shape[0] != 1 else 3] if manifest["input"]["dynamic_batch"] else [])
         tol = tolerance(dtype)
+        if quant is not None:
+            src = _fake_quant_source(src, quant, low.records)
         manifest["verification"] = _verification(out_dir, src, tgt, low.imported.input_dtype, batches, tol)
         write_json(ver_path, manifest["verification"])
         write_json(os.path.join(out_dir, MANIFEST), manifest)
@@ -210,6 +220,35 @@ def export_model(
     stage(len(stages) + 1)
     bar.close()
     return manifest
+
+
+def _calibrate(src, dtype, calibration, method):
+    """Per-conv input ranges for an int8 export (None for the other dtypes)."""
+    if dtype != "int8":
+        return None
+    if calibration is None:
+        raise ExportError("--dtype int8 needs calibration inputs: --calibration FILE.npy or a run directory")
+    if not hasattr(src.program, "graph_signature"):
+        raise ExportError("--dtype int8 is for .pt2 / PyTorch models; an ONNX model cannot be calibrated here yet")
+    import numpy as np
+
+    from .frontend.calibrate import calibrate, load_calibration
+
+    inputs = calibration if isinstance(calibration, np.ndarray) else load_calibration(calibration, src.shape)
+    batch = 32 if src.dynamic else src.shape[0]
+    return calibrate(src.program, inputs, method, batch=batch, fixed_batch=not src.dynamic)
+
+
+def _fake_quant_source(src, quant, records):
+    """``src`` verified against the fake-quant model of the convs that were built in int8."""
+    from .frontend.calibrate import fake_quant_reference
+
+    int8 = [r["name"] for r in records if r.get("compute_dtype") == "int8"]
+    ref = fake_quant_reference(src.program, quant, int8)
+    verify = lambda out_dir, s, dtype, tol: verify_artifact(
+        out_dir, src.program, s, dtype=dtype, tol=tol, reference=ref
+    )
+    return src._replace(verify=verify)
 
 
 def _check_dtype(dtype, tgt) -> None:

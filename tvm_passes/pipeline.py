@@ -37,17 +37,26 @@ class Lowered:
     tuning: dict | None
 
 
-def gbd_passes(target, *, sparse=True, decompose_error=None, dtype="float32") -> tvm.transform.Pass:
+def gbd_passes(target, *, sparse=True, decompose_error=None, dtype="float32", quant=None) -> tvm.transform.Pass:
     """The GBD passes in their order, as one Sequential."""
     passes = [DeadChannels()] if sparse else []
     if decompose_error is not None:
         passes.append(LowRankConv(decompose_error))
-    passes.append(GroupSparseConv(target, sparse=sparse, dtype=dtype))
+    passes.append(GroupSparseConv(target, sparse=sparse, dtype=dtype, quant=quant))
     return tvm.transform.Sequential(passes, name="GBDPasses")
 
 
 def lower(
-    ep, target, *, sparse=True, tune_trials=0, tune_db=None, log=None, decompose_error=None, dtype="float32"
+    ep,
+    target,
+    *,
+    sparse=True,
+    tune_trials=0,
+    tune_db=None,
+    log=None,
+    decompose_error=None,
+    dtype="float32",
+    quant=None,
 ) -> Lowered:
     """Relax + TIR module ready for ``compile_module``, with its per-layer records.
 
@@ -55,9 +64,10 @@ def lower(
     ``ImportResult``, e.g. of ``frontend.import_onnx``).  With ``decompose_error`` e, convs whose
     weight has PCA rank K at error e with fewer FLOPs are decomposed first (``passes.LowRankConv``).
     ``dtype``: compute dtype of the conv / linear kernels (tf32 / float16 / bfloat16: the CUDA
-    tensor-core kernels; the rest of the model stays float32)."""
+    tensor-core kernels; int8: the VNNI kernels, with ``quant`` the per-conv input scales of
+    ``frontend.calibrate``; the rest of the model stays float32)."""
     imp = ep if isinstance(ep, ImportResult) else import_program(ep)
-    mod = gbd_passes(target, sparse=sparse, decompose_error=decompose_error, dtype=dtype)(imp.mod)
+    mod = gbd_passes(target, sparse=sparse, decompose_error=decompose_error, dtype=dtype, quant=quant)(imp.mod)
     records, decomposed = collect_records(imp.mod, mod, decompose_error)
     with target:
         mod = tvm.transform.Sequential(

@@ -180,16 +180,21 @@ def check_finite(ep) -> None:
 
 def conv_names(ep) -> list[str]:
     """Module names of the conv2d ops of ``ep`` in graph order (e.g. ``features.0``)."""
+    return [name for name, _ in conv_nodes(ep)]
+
+
+def conv_nodes(ep) -> list:
+    """(module name, fx node) of the conv2d ops of ``ep`` in graph order."""
     torch = _torch()
     conv_targets = {torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default}
     param_of = dict(ep.graph_signature.inputs_to_parameters)
-    names = []
+    out = []
     for node in ep.graph.nodes:
         if node.op == "call_function" and node.target in conv_targets:
             w = node.args[1]
             pname = param_of.get(getattr(w, "name", ""), getattr(w, "name", "conv"))
-            names.append(pname[: -len(".weight")] if pname.endswith(".weight") else pname)
-    return names
+            out.append((pname[: -len(".weight")] if pname.endswith(".weight") else pname, node))
+    return out
 
 
 def linear_weights(ep) -> list:

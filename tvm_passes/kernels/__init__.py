@@ -12,6 +12,7 @@ from .gather_gemm import (
     check_dtype,
     compile_kernel,
     conv2d_gather_gemm,
+    conv2d_gather_gemm_int8,
     dense_gemm,
     pack_dense_weight,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "check_dtype",
     "compile_kernel",
     "conv2d_gather_gemm",
+    "conv2d_gather_gemm_int8",
     "dense_gemm",
     "pack_dense_weight",
     "conv_output_size",

@@ -11,12 +11,13 @@ import tvm
 from tvm import tirx
 
 from ..threads import configure as configure_threads
-from . import cpu, cuda, cuda_tc
+from . import cpu, cpu_int8, cuda, cuda_tc
 from .lowering import conv_output_size, lower_conv
 from .te_defs import conv_te, dense_te, dense_te_tc
 
-#: compute dtypes of the kernels: float32 (SIMT on CUDA, AVX-512 on CPU) and the CUDA tensor-core ones
-DTYPES = ("float32", *cuda_tc.DTYPES)
+#: compute dtypes of the kernels: float32 (SIMT on CUDA, AVX-512 on CPU), int8 (AVX-512 VNNI CPUs) and the
+#: CUDA tensor-core ones
+DTYPES = ("float32", "int8", *cuda_tc.DTYPES)
 
 
 def _as_target(target):
@@ -47,10 +48,20 @@ def _batch_dim(dim):
 
 
 def check_dtype(dtype, target) -> str:
-    """``dtype`` if the target can run it, else a one-line ValueError (tensor cores: CUDA only)."""
+    """``dtype`` if the target can run it, else a one-line ValueError (tensor cores: CUDA only; int8:
+    a CPU with AVX-512 VNNI)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    kind = _as_target(target).kind.name
+    target = _as_target(target)
+    kind = target.kind.name
+    if dtype == "int8":
+        if kind != "llvm":
+            raise ValueError(f"dtype 'int8' has CPU kernels only (AVX-512 VNNI); not for the {kind} target")
+        from tvm.target.codegen import llvm_cpu_has_features
+
+        if not llvm_cpu_has_features("avx512vnni", target):
+            raise ValueError(f"dtype 'int8' needs a CPU with AVX-512 VNNI; target {target} has none")
+        return dtype
     if dtype != "float32" and kind != "cuda":
         raise ValueError(f"dtype {dtype!r} needs the CUDA target (tensor cores); {kind} kernels are float32 only")
     return dtype
@@ -126,6 +137,8 @@ def conv2d_gather_gemm(
     """
     target = _as_target(target)
     gpu = _is_gpu(target)
+    if dtype == "int8":
+        raise ValueError("int8 convs are built by conv2d_gather_gemm_int8 (they need the input's scale)")
     tc = check_dtype(dtype, target) != "float32"
     weight = np.asarray(weight, dtype=np.float32)
     if tc:
@@ -161,6 +174,49 @@ def conv2d_gather_gemm(
     return _finish(func, target), consts
 
 
+def conv2d_gather_gemm_int8(
+    data_shape,
+    weight,
+    bias=None,
+    *,
+    x_scale,
+    x_zero,
+    stride=(1, 1),
+    padding=(0, 0, 0, 0),
+    dilation=(1, 1),
+    groups=1,
+    relu=False,
+    residual=False,
+    dense=False,
+    target,
+):
+    """The INT8 gather-GEMM of ``cpu_int8`` (AVX-512 VNNI; docs/formulas.md section 5): same
+    arguments and PrimFunc conventions as conv2d_gather_gemm, plus the input's uint8 scale and
+    zero point (``lightning_gbd.core.quant.activation_params``).  The weight is quantized here,
+    symmetric per output channel (formula 5.1); GBD groups that are zero stay zero, so the gather
+    skips exactly what the float32 kernel skips.  Returns (PrimFunc, consts) with consts = [Fq int8
+    [G, TO, KP/4, TI, 4], live, off, (base), mul [T], add [T]]."""
+    from lightning_gbd.core.quant import quantize_weight, requant_epilogue
+
+    target = _as_target(target)
+    if _is_gpu(target):
+        raise ValueError("dtype 'int8' has CPU (AVX-512 VNNI) kernels only")
+    wq, w_scale = quantize_weight(weight)
+    lw = {**cpu.lowering_params(wq.shape[0] // groups), **cpu_int8.LOWERING}
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
+    data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
+    geom, F, live, off, base = lower_conv(data_shape, wq.astype(np.float32), **kw, **lw)
+    tpo = cpu.choose_t_split(geom, cpu._num_threads(target))
+    if geom.TO % tpo:
+        geom, F, live, off, base = lower_conv(data_shape, wq.astype(np.float32), **kw, **lw, to_multiple=tpo)
+    G, TO, KP, TI = F.shape  # [G, TO, KP, TI] -> [G, TO, KP/4, TI, 4]
+    Fq = F.reshape(G, TO, KP // cpu_int8.K_LANE, cpu_int8.K_LANE, TI).transpose(0, 1, 2, 4, 3)
+    mul, add = requant_epilogue(wq, w_scale, x_scale, x_zero, bias)
+    consts = [np.ascontiguousarray(Fq).astype(np.int8), live, off] + ([] if geom.OWP else [base]) + [mul, add]
+    func = cpu_int8.conv_te_int8(geom, x_scale, x_zero, relu, residual)
+    return _finish(cpu_int8.schedule_conv_int8(func, geom, target), target), consts
+
+
 def pack_dense_weight(weight, OI):
     """(O, K) -> [ceil(O/OI), K, OI], zero padded: the micro-kernel reads it contiguously."""
     O, K = weight.shape
@@ -181,6 +237,8 @@ def dense_gemm(in_shape, weight, bias=None, *, relu=False, target, dtype="float3
     """
     target = _as_target(target)
     gpu = _is_gpu(target)
+    if dtype == "int8":
+        raise ValueError("the linear layer has no int8 kernel: build it in float32")
     tc = check_dtype(dtype, target) != "float32"
     weight = np.asarray(weight, dtype=np.float32)
     M, K = _batch_dim(in_shape[0]), int(in_shape[1])

@@ -88,14 +88,18 @@ class GroupSparseConv:
     Each kernel PrimFunc carries its layer's record (name from the call's span, shapes, fused
     epilogue, the cost model's decision) as the ``RECORD_ATTR`` attribute; ``passes.records``
     reads them back.  ``sparse=False`` forces every conv to the dense im2col GEMM.  ``dtype``: the
-    kernels' compute dtype (float32, or tf32 / float16 / bfloat16 tensor-core kernels on CUDA).
+    kernels' compute dtype (float32, or tf32 / float16 / bfloat16 tensor-core kernels on CUDA, or
+    int8 on AVX-512 VNNI CPUs).  int8 needs ``quant``: per conv name, its input's calibrated
+    ``scale`` and ``zero`` (``frontend.calibrate``); a conv without one, or one the int8 kernel
+    cannot build, stays float32 with a warning naming it.  Linear layers stay float32 under int8.
     """
 
-    def __init__(self, target, *, sparse=True, warn=True, dtype="float32"):
+    def __init__(self, target, *, sparse=True, warn=True, dtype="float32", quant=None):
         self.target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
         self.sparse = sparse
         self.warn = warn
         self.dtype = dtype
+        self.quant = dict(quant or {})
 
         self.x = wildcard()
         self.w = is_const()
@@ -183,17 +187,11 @@ class GroupSparseConv:
         kernels = _kernels()
         name = layer_name(call) or f"conv{count['conv2d']}"
         count["conv2d"] += 1
+        kw = dict(target=self.target, dense=dec.decision == "dense", residual=has_res, **attrs)
+        built = self._int8_conv(name, dshape, weight, bias, kw) if self.dtype == "int8" else None
         try:
-            func, consts = kernels.conv2d_gather_gemm(
-                dshape,
-                weight,
-                bias,
-                target=self.target,
-                dense=dec.decision == "dense",
-                residual=has_res,
-                dtype=self.dtype,
-                **attrs,
-            )
+            fp_dtype = "float32" if self.dtype == "int8" else self.dtype
+            func, consts = built or kernels.conv2d_gather_gemm(dshape, weight, bias, dtype=fp_dtype, **kw)
         except Exception as exc:  # noqa: BLE001 - a layout the kernel library cannot schedule
             warnings.warn(
                 f"gbd-export: conv {name!r} (input {shape_record(dshape)}, weight {list(weight.shape)}) falls back "
@@ -216,10 +214,46 @@ class GroupSparseConv:
             "fused_relu": has_relu,
             "fused_residual": has_res,
             **dec.as_dict(),
+            **self._quant_record(name, weight, built),
         }
         gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), "gbd_conv_" + name.replace(".", "_"))
         args = [data] + [relax.const(c) for c in consts] + ([res] if has_res else [])
         return with_span(relax.call_tir(gv, args, relax.TensorType(oshape, "float32")), call.span)
+
+    def _int8_conv(self, name, dshape, weight, bias, kw):
+        """(PrimFunc, consts) of the int8 kernel, or None (with a warning) to stay float32."""
+        q = self.quant.get(name)
+        if q is None:
+            warnings.warn(f"gbd-export: conv {name!r} has no calibration range; it stays float32", stacklevel=2)
+            return None
+        try:
+            return _kernels().conv2d_gather_gemm_int8(dshape, weight, bias, x_scale=q["scale"], x_zero=q["zero"], **kw)
+        except Exception as exc:  # noqa: BLE001 - any failure of the int8 build: the float32 kernel instead
+            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            warnings.warn(
+                f"gbd-export: conv {name!r} cannot be quantized ({type(exc).__name__}: {first}); it stays float32",
+                stacklevel=2,
+            )
+            return None
+
+    def _quant_record(self, name, weight, built) -> dict:
+        """The record's compute dtype and, for an int8 conv, its quantization parameters and errors."""
+        if self.dtype != "int8":
+            return {"compute_dtype": self.dtype}
+        if built is None:
+            return {"compute_dtype": "float32"}
+        from lightning_gbd.core.quant import fake_quant_weight
+
+        q = self.quant[name]
+        w_err = float(np.linalg.norm(fake_quant_weight(weight) - weight) / max(np.linalg.norm(weight), 1e-30))
+        return {
+            "compute_dtype": "int8",
+            "input_scale": q["scale"],
+            "input_zero_point": q["zero"],
+            "input_range": [q["lo"], q["hi"]],
+            "weight_rel_error": w_err,
+            "input_rel_error": q.get("rel_error"),
+        }
 
     def _mm_rewrite(self, expr, matches, has_bias, has_relu, uses, bb, count):
         call = matches[self.mm]
@@ -244,7 +278,8 @@ class GroupSparseConv:
             bias = _channel_vector(matches[self.b], weight.shape[0], 1)
             if bias is None or not same_shape(kernel_shape(matches[self.mm_bias]), oshape):
                 return expr
-        func, consts = _kernels().dense_gemm(dshape, weight, bias, relu=has_relu, target=self.target, dtype=self.dtype)
+        dtype = "float32" if self.dtype == "int8" else self.dtype  # no int8 linear kernel yet
+        func, consts = _kernels().dense_gemm(dshape, weight, bias, relu=has_relu, target=self.target, dtype=dtype)
         idx = count["linear"]
         count["linear"] += 1
         name = layer_name(call) or f"linear{idx}"
@@ -262,6 +297,7 @@ class GroupSparseConv:
             "flops_dense": flops,
             "flops_executed": flops,
             "reason": "linear layer: dense GEMM of the kernel library",
+            "compute_dtype": dtype,
         }
         gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), f"gbd_linear{idx}")
         args = [data] + [relax.const(c) for c in consts]

@@ -1,0 +1,128 @@
+"""Post-training calibration of the INT8 export (docs/formulas.md section 5): run the float model
+of a ``.pt2`` on the user's inputs and record, per conv, the range of its input, from which the
+conv's uint8 scale and zero point follow (``lightning_gbd.core.quant``).
+
+A calibration SOURCE is a ``.npy`` of inputs (N, C, H, W), or a ``gbd fit`` run directory holding
+``calibration.npy`` (``gbd calibration-set RUN_DIR`` writes one from the run's training split).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lightning_gbd.core.quant import METHODS, RangeObserver, activation_params, fake_quant_activation
+
+from ..errors import ExportError
+from .program import conv_nodes
+
+#: the file a run directory holds its calibration inputs in
+RUN_CALIBRATION = "calibration.npy"
+
+
+def load_calibration(source, input_shape, dtype="float32") -> np.ndarray:
+    """The calibration inputs of SOURCE, checked against the model's input (C, H, W) and dtype;
+    one-line ``ExportError`` otherwise."""
+    path = str(source)
+    if os.path.isdir(path):
+        path = os.path.join(path, RUN_CALIBRATION)
+        if not os.path.isfile(path):
+            raise ExportError(
+                f"{source}: no {RUN_CALIBRATION} in this run directory (write one with `gbd calibration-set {source}`)"
+            )
+    if not os.path.isfile(path):
+        raise ExportError(f"{source}: no such calibration file")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ExportError(f"{path}: not a .npy array ({str(exc).splitlines()[0][:120]})") from None
+    want = tuple(int(v) for v in input_shape[1:])
+    if x.ndim != len(input_shape) or tuple(x.shape[1:]) != want:
+        raise ExportError(
+            f"{path}: calibration inputs of shape {list(x.shape)}; the model takes [N, {', '.join(map(str, want))}]"
+        )
+    if x.dtype != np.dtype(dtype):
+        raise ExportError(f"{path}: calibration inputs are {x.dtype}; the model takes {dtype}")
+    if x.shape[0] == 0 or not np.isfinite(x).all():
+        raise ExportError(f"{path}: calibration inputs are empty or hold NaN / Inf")
+    return x
+
+
+def calibrate(ep, inputs: np.ndarray, method: str = "percentile", batch: int = 32, fixed_batch: bool = False) -> dict:
+    """Per conv (module name, as the import names layers): its input's observed range, uint8
+    scale / zero point and the relative RMS error of quantizing it on this data.  The inputs run
+    ``batch`` at a time; ``fixed_batch``: the program takes exactly ``batch`` (a static-shape
+    ``.pt2``), so a last partial batch is filled up with the first inputs.
+
+    >>> ranges = calibrate(ep, x)                       # doctest: +SKIP
+    >>> ranges["features.3"]                            # doctest: +SKIP
+    {'lo': 0.0, 'hi': 4.1, 'scale': 0.0161, 'zero': 0, 'rel_error': 0.004}
+    """
+    import torch
+
+    if method not in METHODS:
+        raise ExportError(f"unknown calibration method {method!r}: one of {', '.join(METHODS)}")
+    named = conv_nodes(ep)
+    by_node = {node.name: name for name, node in named}
+    observers = {name: RangeObserver() for name, _ in named}
+    kept: dict = {name: [] for name, _ in named}  # a few batches kept to measure the rounding error
+    gm = ep.module()
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            if n.op == "call_function" and n.name in by_node:
+                x = self.env[n.args[0]].detach().cpu().numpy()
+                name = by_node[n.name]
+                observers[name].update(x)
+                if len(kept[name]) < 2:
+                    kept[name].append(x[:8])
+            return super().run_node(n)
+
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch):
+            chunk = inputs[i : i + batch]
+            if fixed_batch and len(chunk) < batch:
+                chunk = np.concatenate([chunk, np.resize(inputs, (batch - len(chunk), *inputs.shape[1:]))])
+            Recorder(gm).run(torch.from_numpy(np.ascontiguousarray(chunk)))
+    out = {}
+    for name, ob in observers.items():
+        if not ob.seen:
+            continue
+        lo, hi = ob.range(method)
+        scale, zero = activation_params(lo, hi)
+        x = np.concatenate(kept[name])
+        err = np.sqrt(np.mean((fake_quant_activation(x, scale, zero) - x) ** 2)) / max(np.sqrt(np.mean(x**2)), 1e-12)
+        out[name] = {"lo": lo, "hi": hi, "scale": scale, "zero": zero, "rel_error": float(err)}
+    return out
+
+
+def fake_quant_reference(ep, quant: dict, int8_layers=None):
+    """The float model with each int8 conv's input and weight replaced by what the int8 kernel
+    computes with (formulas 5.1-5.2): the reference the INT8 export is verified against.  Weights
+    are quantized before a following batch norm is folded: per-channel symmetric quantization
+    commutes with the fold's per-channel scaling, so this equals quantizing the folded weight.
+    ``int8_layers``: the conv names that were built in int8 (default: all of ``quant``)."""
+    import torch
+
+    from lightning_gbd.core.quant import fake_quant_weight
+
+    names = set(quant if int8_layers is None else int8_layers)
+    by_node = {node.name: name for name, node in conv_nodes(ep) if name in names}
+    gm = ep.module()
+
+    class FakeQuant(torch.fx.Interpreter):
+        def run_node(self, n):
+            if n.op != "call_function" or n.name not in by_node:
+                return super().run_node(n)
+            q = quant[by_node[n.name]]
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            x = torch.from_numpy(fake_quant_activation(args[0].numpy(), q["scale"], q["zero"]))
+            w = torch.from_numpy(fake_quant_weight(args[1].detach().numpy()))
+            return n.target(x, w, *args[2:], **kwargs)
+
+    def run(x):
+        with torch.no_grad():
+            return FakeQuant(gm).run(x)
+
+    return run

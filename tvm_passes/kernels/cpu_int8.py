@@ -1,0 +1,245 @@
+"""INT8 gather-GEMM conv for AVX-512 VNNI CPUs (docs/formulas.md section 7 "INT8").
+
+The same lowering as the float32 kernel (paper 000 section 3: live maps, gather rows (s, i, j) of
+the surviving groups, one GEMM with the compact filter), in integers:
+
+  "Dp"   padded copy of the live maps, quantized on the way: u8 = clamp(rint(x / s_x) + z_x, 0, 255)
+         (formula 7.2); padding and the zero map hold z_x, the quantized 0
+  "P"    gathered rows P[b, g, k, n] (uint8), one contiguous vector copy per row as in float32
+  "P4"   the rows interleaved by four, P4[b, g, k/4, n, k%4]: the layout ``vpdpbusd`` reads (four
+         consecutive k of one pixel in each 32-bit lane)
+  "C"    int32 GEMM C[b, g, t, n] = sum_k Fq[g, t, k] * P[b, g, k, n], one ``vpdpbusd`` per 16 pixels
+         and 4 k, the filter's 4 bytes broadcast from memory
+  "out"  float32 epilogue out = relu?(C * m[t] + a[t] + res), m = s_x s_w[t] and
+         a = bias - s_x s_w[t] z_x sum_k Fq[t, k] (formula 7.4): requantization, bias and the
+         zero-point correction are one multiply-add per output
+
+Input and output stay float32 so a quantized conv drops into any graph: each conv quantizes its
+own input in the padded copy it makes anyway.  Accumulation is exact: |C| <= 255 * 127 * K fits in
+int32 for K < 66,000 gather rows.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, te, tirx
+from tvm.script import tirx as T
+
+from .cpu import MAX_VECTOR_ROW, VECTOR_LANES, _num_threads, _schedule_epilogue, choose_t_split
+from .lowering import ConvGeometry
+from .te_defs import _epilogue
+
+VNNI_INTRIN = "gbd_vnni_16x4_bcast_filter"
+INTERLEAVE_INTRIN = "gbd_interleave_4x16_u8"
+#: k rows per vpdpbusd lane
+K_LANE = 4
+#: lowering_params overrides: k blocks of whole lanes; 16-pixel aligned rows (one interleave / vpdpbusd
+#: each); the GEMM's output flat over pixels (the whole-row form's (row, column) bindings cannot be
+#: tensorized), so the epilogue is its own pass
+LOWERING = dict(k_align=K_LANE, row_align=(16,), whole_rows=False)
+
+
+def _vnni_funcs(scope):
+    """desc / impl of C[16] (int32, in ``scope``) += A[16, 4] (uint8) . B[4] (int8): one ``vpdpbusd``
+    with the filter's 4 bytes broadcast."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (16, 4), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:16, 0:4], B[0:4])
+            T.writes(C[0:16])
+            for i, k in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (16, 4), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:16, 0:4], B[0:4])
+            T.writes(C[0:16])
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                A.vload([0, 0], dtype="uint8x64"),  # LLVM >= 20 types both byte operands <64 x i8>
+                T.reinterpret(
+                    T.broadcast(T.reinterpret(B.vload([0], dtype="int8x4"), dtype="int32"), 16), dtype="int8x64"
+                ),
+                dtype="int32x16",
+            )
+
+    return desc, impl
+
+
+@T.prim_func(s_tir=True)
+def _interleave_desc(s: T.handle, d: T.handle) -> None:
+    ss = T.int32()
+    S = T.match_buffer(s, (4, 16), "uint8", strides=[ss, 1], offset_factor=1)
+    D = T.match_buffer(d, (16, 4), "uint8", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(S[0:4, 0:16])
+        T.writes(D[0:16, 0:4])
+        for n, j in T.grid(16, 4):
+            with T.sblock("P4"):
+                vn, vj = T.axis.remap("SS", [n, j])
+                D[vn, vj] = S[vj, vn]
+
+
+@T.prim_func(s_tir=True)
+def _interleave_impl(s: T.handle, d: T.handle) -> None:
+    ss = T.int32()
+    S = T.match_buffer(s, (4, 16), "uint8", strides=[ss, 1], offset_factor=1)
+    D = T.match_buffer(d, (16, 4), "uint8", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(S[0:4, 0:16])
+        T.writes(D[0:16, 0:4])
+        flat = T.decl_buffer((64,), "uint8", data=D.data, elem_offset=D.elem_offset)
+        flat[T.ramp(T.int32(0), 1, 64)] = T.Shuffle(
+            [S.vload([0, 0], "uint8x16"), S.vload([1, 0], "uint8x16"), S.vload([2, 0], "uint8x16"),
+             S.vload([3, 0], "uint8x16")],
+            [j * 16 + n for n in range(16) for j in range(4)],
+        )  # fmt: skip
+
+
+def _register_intrinsics():
+    intrins = [(f"{VNNI_INTRIN}_{sc}", *_vnni_funcs(sc)) for sc in ("global", "local")]
+    for name, desc, impl in intrins + [(INTERLEAVE_INTRIN, _interleave_desc, _interleave_impl)]:
+        try:
+            s_tir.TensorIntrin.get(name)
+        except Exception:  # noqa: BLE001 - TVM raises a generic error for an unknown name
+            s_tir.TensorIntrin.register(name, desc, impl)
+
+
+def conv_te_int8(geom: ConvGeometry, x_scale: float, x_zero: int, relu: bool, has_res: bool = False):
+    """The int8 conv of the module docstring: params (data, Fq, live, off, (base), mul, add, (res), out).
+    Fq is int8 [G, TO, KP/4, TI, 4]: per 4 gather rows, the TI filter rows' 4 bytes side by side."""
+    g_ = geom
+    HW = g_.Hp * g_.Wp
+    data = te.placeholder((g_.N, g_.C, g_.H, g_.W), "float32", name="data")
+    F = te.placeholder((g_.G, g_.TO, g_.KP // K_LANE, g_.TI, K_LANE), "int8", name="F")
+    live = te.placeholder((g_.L + 1,), "int32", name="live")
+    off = te.placeholder((g_.G, g_.KP), "int32", name="off")
+    base = None if g_.OWP else te.placeholder((g_.NP,), "int32", name="base")
+    mul = te.placeholder((g_.T,), "float32", name="mul")
+    add = te.placeholder((g_.T,), "float32", name="add")
+    res = te.placeholder((g_.N, g_.T, g_.OH, g_.OW), "float32", name="res") if has_res else None
+    inv_s, zp = tirx.const(1.0 / x_scale, "float32"), tirx.const(int(x_zero), "int32")
+
+    def dp(b, f):
+        l, r = f // HW, f % HW
+        h, w = r // g_.Wp - g_.pt, r % g_.Wp - g_.pl
+        ok = tirx.all(l < g_.L, h >= 0, h < g_.H, w >= 0, w < g_.W)
+        x = data[b, live[tirx.min(l, g_.L)], tirx.max(tirx.min(h, g_.H - 1), 0), tirx.max(tirx.min(w, g_.W - 1), 0)]
+        q = tirx.max(tirx.min(tirx.nearbyint(x * inv_s).astype("int32") + zp, 255), 0)
+        # branch-free padding (see te_defs.conv_te): (q - z) masked to 0 outside, so padding reads z
+        mask = tirx.Select(ok, tirx.const(-1, "int32"), tirx.const(0, "int32"))
+        return (((q - zp) & mask) + zp).astype("uint8")
+
+    Dp = te.compute((g_.N, g_.DPLEN), dp, name="Dp")
+
+    def pix(n):
+        return (n // g_.OWP) * (g_.sh * g_.Wp) + (n % g_.OWP) * g_.sw if g_.OWP else base[n]
+
+    P = te.compute((g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: Dp[b, off[g, k] + pix(n)], name="P")
+    P4 = te.compute(
+        (g_.N, g_.G, g_.KP // K_LANE, g_.NP, K_LANE), lambda b, g, k4, n, j: P[b, g, k4 * K_LANE + j, n], name="P4"
+    )
+    k4 = te.reduce_axis((0, g_.KP // K_LANE), name="k4")
+    kj = te.reduce_axis((0, K_LANE), name="kj")
+
+    def mac(b, g, t, n):
+        f = F[g, t // g_.TI, k4, t % g_.TI, kj].astype("int32")
+        return te.sum(P4[b, g, k4, n, kj].astype("int32") * f, axis=[k4, kj])
+
+    if g_.NRP:
+        C = te.compute(
+            (g_.N, g_.G, g_.TO * g_.TI, g_.NRP, g_.OWP), lambda b, g, t, r, w: mac(b, g, t, r * g_.OWP + w), name="C"
+        )
+    else:
+        C = te.compute((g_.N, g_.G, g_.TO * g_.TI, g_.NP), mac, name="C")
+
+    def epi(b, c, oh, ow):
+        if g_.NRP:
+            v = C[b, c // g_.Tg, c % g_.Tg, oh, ow]
+        else:
+            v = C[b, c // g_.Tg, c % g_.Tg, oh * (g_.OWP or g_.OW) + ow]
+        return _epilogue(v.astype("float32") * mul[c] + add[c], None, res[b, c, oh, ow] if has_res else None, relu)
+
+    out = te.compute((g_.N, g_.T, g_.OH, g_.OW), epi, name="out")
+    args = [data, F, live, off] + ([] if g_.OWP else [base]) + [mul, add] + ([res] if has_res else []) + [out]
+    return te.create_prim_func(args)
+
+
+def schedule_conv_int8(func, geom: ConvGeometry, target):
+    """Schedule conv_te_int8 like the float32 kernel (cpu.schedule_conv_cpu): one parallel task
+    per (image, group, n-chunk, t-chunk); per k block the rows are gathered, interleaved, and a
+    TI x 32 int32 register tile accumulates with ``vpdpbusd``."""
+    _register_intrinsics()
+    tpo = choose_t_split(geom, _num_threads(target))
+    if geom.TO % tpo:
+        tpo = 1
+    sch = s_tir.schedule.Schedule(func)
+    fused_epi = bool(geom.NRP) and (geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1))
+    blk = sch.get_sblock("C")
+    if geom.NRP:
+        b, g, t, r, w, k4, kj = sch.get_loops(blk)
+        n = sch.fuse(r, w)
+    else:
+        b, g, t, n, k4, kj = sch.get_loops(blk)
+    tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
+    no, nt, nv = sch.split(n, [None, geom.NTC, geom.NV])
+    ko, ki = sch.split(k4, [None, geom.KC // K_LANE])
+    sch.reorder(b, g, no, tp, ko, nt, to, ki, ti, nv, kj)
+    par = sch.fuse(b, g, no, tp)
+    sch.parallel(par)
+    if not fused_epi:
+        acc = sch.cache_write(blk, 0, "local")
+        sch.reverse_compute_at(acc, par)
+    sch.unroll(ti)
+    nvo, nvi = sch.split(nv, [None, VECTOR_LANES])
+    sch.unroll(nvo)
+    init = sch.decompose_reduction(blk, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if not fused_epi:
+        sch.vectorize(sch.get_loops(acc)[-1])
+    _schedule_gather(sch, geom, ko)
+    sch.tensorize(nvi, f"{VNNI_INTRIN}_{'global' if fused_epi else 'local'}")
+    _schedule_quantized_copy(sch, geom)
+    _schedule_epilogue(sch, geom, par if fused_epi else None)
+    return sch.mod["main"]
+
+
+def _schedule_gather(sch, geom: ConvGeometry, ko):
+    """Per k block: the rows (vector copies, as float32) then their interleave (one shuffle per
+    16 pixels x 4 rows)."""
+    p4 = sch.get_sblock("P4")
+    sch.compute_at(p4, ko)
+    pblk = sch.get_sblock("P")
+    sch.compute_at(pblk, ko)
+    if geom.OWP:
+        _, pn = sch.get_loops(pblk)[-2:]
+        _, pv = sch.split(pn, [None, geom.ROWV])
+        sch.vectorize(pv)
+    k4l, nl, jl = sch.get_loops(p4)[-3:]
+    nlo, nli = sch.split(nl, [None, 16])
+    sch.reorder(k4l, nlo, nli, jl)
+    sch.tensorize(nli, INTERLEAVE_INTRIN)
+
+
+def _schedule_quantized_copy(sch, geom: ConvGeometry):
+    dblk = sch.get_sblock("Dp")
+    HW = geom.Hp * geom.Wp
+    if geom.Hp == 1:
+        sch.transform_block_layout(dblk, lambda b, f: (b, f // geom.Wp, f % geom.Wp))
+        db, dl, dw = sch.get_loops(dblk)
+    else:
+        sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
+        db, dl, _, dw = sch.get_loops(dblk)
+    sch.parallel(sch.fuse(db, dl))
+    if geom.Wp <= MAX_VECTOR_ROW:
+        sch.vectorize(dw)
