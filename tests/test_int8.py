@@ -1,0 +1,142 @@
+"""INT8 post-training quantization (docs/formulas.md section 5): the quantization maths, the VNNI
+gather-GEMM kernel against the fake-quant conv in PyTorch, and the export end to end (calibration,
+per-layer records, verification, one-line errors, per-layer float32 fallback)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_gbd.core.quant import (
+    RangeObserver,
+    activation_params,
+    fake_quant_activation,
+    fake_quant_weight,
+    quantize_activation,
+    quantize_weight,
+)
+from tests.test_kernels import LLVM, gbd_weight, ref_conv, run_llvm
+from tvm_passes import export_model
+from tvm_passes.errors import ExportError
+from tvm_passes.kernels import conv2d_gather_gemm_int8, conv_output_size
+
+
+def test_weight_quantization_keeps_patterns_and_error_bound():
+    w = gbd_weight(16, 8, 3, 3, 0.3, seed=1)
+    q, s = quantize_weight(w)
+    assert q.dtype == np.int8 and np.abs(q).max() == 127
+    assert np.array_equal(q == 0, w == 0) or np.all((q == 0) >= (w == 0))  # pruned groups stay zero
+    err = np.abs(fake_quant_weight(w) - w).reshape(16, -1).max(1)
+    assert np.all(err <= s / 2 + 1e-7)  # round to nearest: half a step per channel
+
+
+def test_activation_params_contain_zero_and_percentile_clips_outliers():
+    s, z = activation_params(0.5, 3.0)  # widened to [0, 3]
+    assert z == 0 and quantize_activation(np.float32(0.0), s, z) == 0
+    s, z = activation_params(-1.0, 1.0)
+    assert fake_quant_activation(np.float32(0.0), s, z) == 0.0  # zero is exact (padding)
+    ob = RangeObserver()
+    ob.update(np.concatenate([np.random.default_rng(0).random(100000), [1000.0]]).astype(np.float32))
+    assert ob.range("minmax")[1] == 1000.0 and ob.range("percentile")[1] < 1.01
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        ob.range("mse")
+
+
+CASES = [
+    # N, C, H, W, T, k, stride, pad, dilation, groups, density, signed input, residual
+    (1, 8, 10, 10, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.4, False, False),
+    (2, 3, 17, 13, 24, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, 1.0, True, False),
+    (1, 16, 9, 9, 32, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, 1.0, False, True),
+    (1, 8, 12, 12, 16, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 2, 0.5, True, False),
+    (1, 16, 8, 8, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16, 1.0, False, False),  # depthwise
+    (1, 8, 11, 7, 16, (1, 5), (1, 2), (0, 2, 0, 2), (1, 1), 1, 0.5, False, True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"C{c[1]}T{c[4]}k{c[5][0]}x{c[5][1]}s{c[6][0]}g{c[9]}")
+def test_int8_kernel_matches_fake_quant_conv(case):
+    N, C, H, W, T, k, stride, pad, dil, groups, density, signed, res = case
+    rng = np.random.default_rng(sum(map(hash, map(str, case))) % 2**32)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    x = x if signed else np.maximum(x, 0)
+    w = gbd_weight(T, C // groups, *k, density, groups=groups, seed=3, dead_maps=(1,))
+    b = rng.standard_normal(T).astype(np.float32)
+    s, z = activation_params(x.min(), x.max() * 0.8)  # some inputs saturate
+    func, consts = conv2d_gather_gemm_int8(
+        x.shape, w, b, x_scale=s, x_zero=z, stride=stride, padding=pad, dilation=dil, groups=groups,
+        relu=True, residual=res, target=LLVM,
+    )  # fmt: skip
+    OH, OW = conv_output_size(H, W, *k, stride, pad, dil)
+    r = rng.standard_normal((N, T, OH, OW)).astype(np.float32)
+    out = run_llvm(func, [x, *consts] + ([r] if res else []), (N, T, OH, OW))
+    ref = ref_conv(fake_quant_activation(x, s, z), fake_quant_weight(w), b, stride, pad, dil, groups, False)
+    ref = np.maximum(ref + (r if res else 0), 0)
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
+
+
+class SmallNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(16)
+        self.c2 = torch.nn.Conv2d(16, 16, 3, padding=1, groups=2)
+        self.c3 = torch.nn.Conv2d(16, 32, 3, stride=2)
+        self.fc = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.c1(x)))
+        y = torch.relu(self.c2(y) + y)
+        return self.fc(torch.relu(self.c3(y)).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def small_net():
+    torch.manual_seed(0)
+    net = SmallNet().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+        net.c2.weight.mul_((torch.rand(16, 8, 3, 3) < 0.4).float())
+    return net
+
+
+def test_int8_export_end_to_end(tmp_path, small_net):
+    cal = torch.randn(40, 1, 14, 14).numpy()
+    np.save(tmp_path / "cal.npy", cal)
+    man = export_model(small_net, torch.randn(4, 1, 14, 14), "llvm", tmp_path / "a", dtype="int8", calibration=str(tmp_path / "cal.npy"))
+    ver = man["verification"]
+    assert ver["passed"] and ver["reference"] == "fake-quant model"
+    assert ver["max_relative_error"] < ver["relative_error_vs_float32"] < 0.05
+    convs = {c["name"]: c for c in man["convs"]}
+    assert {c["compute_dtype"] for c in convs.values()} == {"int8"}
+    assert convs["c1"]["input_zero_point"] > 0 and convs["c2"]["input_zero_point"] == 0  # signed / post-ReLU
+    assert all(0 < c["weight_rel_error"] < 0.02 and c["input_rel_error"] < 0.05 for c in convs.values())
+    assert convs["c2"]["fused_residual"]
+
+
+def test_int8_bad_input_one_line_errors(tmp_path, small_net):
+    x = torch.randn(4, 1, 14, 14)
+    with pytest.raises(ExportError, match="needs calibration inputs"):
+        export_model(small_net, x, "llvm", tmp_path / "a", dtype="int8")
+    np.save(tmp_path / "bad.npy", np.zeros((8, 3, 14, 14), np.float32))
+    with pytest.raises(ExportError, match=r"shape \[8, 3, 14, 14\]; the model takes \[N, 1, 14, 14\]"):
+        export_model(small_net, x, "llvm", tmp_path / "a", dtype="int8", calibration=str(tmp_path / "bad.npy"))
+    np.save(tmp_path / "f64.npy", np.zeros((8, 1, 14, 14)))
+    with pytest.raises(ExportError, match="float64; the model takes float32"):
+        export_model(small_net, x, "llvm", tmp_path / "a", dtype="int8", calibration=str(tmp_path / "f64.npy"))
+    with pytest.raises(ExportError, match="no calibration.npy in this run directory"):
+        export_model(small_net, x, "llvm", tmp_path / "a", dtype="int8", calibration=str(tmp_path))
+
+
+def test_conv_without_range_stays_float32_with_warning(small_net):
+    from tvm_passes.frontend import import_program, specialize
+    from tvm_passes.passes import GroupSparseConv, collect_records
+    from tvm_passes.target import make_target
+
+    imp = import_program(specialize(small_net, torch.randn(2, 1, 14, 14)))
+    quant = {"c1": {"lo": -3.0, "hi": 3.0, "scale": 6 / 255, "zero": 128, "rel_error": 0.0}}
+    with pytest.warns(UserWarning, match="conv 'c2' has no calibration range; it stays float32"):
+        mod = GroupSparseConv(make_target("llvm"), dtype="int8", quant=quant)(imp.mod)
+    dtypes = {r["name"]: r["compute_dtype"] for r in collect_records(imp.mod, mod)[0] if r["op"] == "conv2d"}
+    assert dtypes == {"c1": "int8", "c2": "float32", "c3": "float32"}
