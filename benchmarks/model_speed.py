@@ -13,6 +13,8 @@ Variants per model x batch:
   tvm_dense   export_model(sparse=False): every conv is the kernel library's dense im2col GEMM
   tvm_s0.3    export_model(sparse=True) of the model with random GBD groups zeroed in every conv
   tvm_s0.1    at density 0.3 / 0.1 (per conv, so the FLOP-weighted density is the same)
+  tvm_s0.3_int8  with --int8: the same sparse model exported with --dtype int8 (AVX-512 VNNI),
+              calibrated on 64 inputs of the timed input's distribution (standard normal)
 Exports are cached in benchmarks/results/.cache/<model>_b<N>_<variant>/ (keyed by a hash of the
 kernel-library sources; --rebuild forces).  Timing: round-robin medians (benchmarks/common.py).
 
@@ -50,6 +52,7 @@ def parse():
     ap.add_argument("--budget", type=float, default=40.0, help="max seconds of timing per model x batch")
     ap.add_argument("--layer-runs", type=int, default=3)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--int8", action="store_true", help="also the sparse models exported with --dtype int8")
     ap.add_argument(
         "--cpu-time", action="store_true", help="with --threads 1: time by the calling thread's CPU time (load-robust)"
     )
@@ -81,6 +84,7 @@ def source_hash():
     # other work edits often; a change there that matters needs --rebuild)
     for sub in (
         "kernels/cpu.py",
+        "kernels/cpu_int8.py",
         "kernels/lowering.py",
         "kernels/te_defs.py",
         "kernels/gather_gemm.py",
@@ -94,7 +98,7 @@ def source_hash():
     return h.hexdigest()[:12]
 
 
-def export_cached(model, example, out_dir, sparse, rebuild, tag):
+def export_cached(model, example, out_dir, sparse, rebuild, tag, dtype="float32"):
     from tvm_passes.export import export_model
 
     stamp = os.path.join(out_dir, "bench_stamp.json")
@@ -106,7 +110,12 @@ def export_cached(model, example, out_dir, sparse, rebuild, tag):
                 man = json.load(f)
             return man, st.get("compile_s"), True
     t0 = time.time()
-    man = export_model(model, example, target="llvm", out_dir=out_dir, sparse=sparse)
+    cal = None
+    if dtype == "int8":
+        import torch
+
+        cal = torch.randn(64, *example.shape[1:], generator=torch.Generator().manual_seed(7)).numpy()
+    man = export_model(model, example, target="llvm", out_dir=out_dir, sparse=sparse, dtype=dtype, calibration=cal)
     dt = time.time() - t0
     with open(stamp, "w") as f:
         json.dump({"tag": tag, "compile_s": round(dt, 1)}, f)
@@ -173,18 +182,20 @@ def run_model(name, bsz, densities, args, tag, log):
     model, in_shape = make_model(name)
     model.eval()
     x = torch.randn(bsz, *in_shape)
-    variants = {"tvm_dense": (model, False)}
+    variants = {"tvm_dense": (model, False, "float32")}
     for d in densities:
         m2, _ = make_model(name)
         m2.load_state_dict(model.state_dict())
         m2.eval()
         apply_gbd_(m2, d, seed=1)
-        variants[f"tvm_s{d}"] = (m2, True)
+        variants[f"tvm_s{d}"] = (m2, True, "float32")
+        if args.int8:
+            variants[f"tvm_s{d}_int8"] = (m2, True, "int8")
     info = {}
     cms = {}
-    for vname, (m, sparse) in variants.items():
+    for vname, (m, sparse, dtype) in variants.items():
         out_dir = os.path.join(CACHE, f"{name}_b{bsz}_{vname}")
-        man, cs, hit = export_cached(m, x, out_dir, sparse, args.rebuild, tag)
+        man, cs, hit = export_cached(m, x, out_dir, sparse, args.rebuild, tag, dtype)
         ver = man.get("verification") or {}
         if not ver and os.path.exists(os.path.join(out_dir, "verification.json")):
             with open(os.path.join(out_dir, "verification.json")) as f:
@@ -257,6 +268,7 @@ def run_model(name, bsz, densities, args, tag, log):
     row["speedup"] = {k: t["torch"] / t[k] for k in t if k.startswith("tvm")}
     row["speedup_vs_torch_best"] = {k: t["torch_best"] / t[k] for k in t if k.startswith("tvm")}
     row["speedup_vs_tvm_dense"] = {k: t["tvm_dense"] / t[k] for k in t if k.startswith("tvm_s")}
+    row["int8_vs_float32_sparse"] = {k[:-5]: t[k[:-5]] / t[k] for k in t if k.endswith("_int8")}
     return row
 
 
@@ -382,6 +394,8 @@ def main():
             tables.append(line)
             log(hdr)
             log(line + f"   ({time.time() - t0:.0f} s, load {row['load_after']})")
+            for k, r8 in row["int8_vs_float32_sparse"].items():
+                log(f"#   {k}_int8: {t[k + '_int8']:.2f} ms, {r8:.2f}x the float32 sparse export (same run)")
             for ln in layer_table(row):
                 log(ln)
             common.write_json(args.out, dict(head, rows=rows))

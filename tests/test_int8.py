@@ -104,7 +104,14 @@ def small_net():
 def test_int8_export_end_to_end(tmp_path, small_net):
     cal = torch.randn(40, 1, 14, 14).numpy()
     np.save(tmp_path / "cal.npy", cal)
-    man = export_model(small_net, torch.randn(4, 1, 14, 14), "llvm", tmp_path / "a", dtype="int8", calibration=str(tmp_path / "cal.npy"))
+    man = export_model(
+        small_net,
+        torch.randn(4, 1, 14, 14),
+        "llvm",
+        tmp_path / "a",
+        dtype="int8",
+        calibration=str(tmp_path / "cal.npy"),
+    )
     ver = man["verification"]
     assert ver["passed"] and ver["reference"] == "fake-quant model"
     assert ver["max_relative_error"] < ver["relative_error_vs_float32"] < 0.05

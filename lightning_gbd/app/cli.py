@@ -6,6 +6,7 @@ its callbacks) plus an ``export`` section (target, input shape).
     gbd report RUN_DIR            # rebuild the table, sparsity.json and the Fig. 4/5 plots
     gbd pt2 --config RUN_DIR/config.yaml --ckpt CKPT --out model.pt2   # any other checkpoint
     gbd export-onnx RUN_DIR --out model.onnx   # the run's model.pt2 as ONNX (batch dynamic)
+    gbd calibration-set RUN_DIR    # RUN_DIR/calibration.npy for gbd-export --dtype int8 --calibration RUN_DIR
 """
 
 from __future__ import annotations
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         return pt2_command(argv[1:])
     if argv[:1] == ["export-onnx"]:
         return export_onnx_command(argv[1:])
+    if argv[:1] == ["calibration-set"]:
+        from .calibration import calibration_command
+
+        return calibration_command(argv[1:])
     try:
         GBDCLI(
             ImageClassifier,

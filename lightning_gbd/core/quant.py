@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+#: the file a `gbd fit` run directory holds its calibration inputs in (``gbd calibration-set``)
+RUN_CALIBRATION = "calibration.npy"
 #: how an activation range is taken from the calibration data
 METHODS = ("minmax", "percentile")
 #: the percentile of the ``percentile`` method (of the values below 0 and above 0 separately)

@@ -12,13 +12,16 @@ import os
 
 import numpy as np
 
-from lightning_gbd.core.quant import METHODS, RangeObserver, activation_params, fake_quant_activation
+from lightning_gbd.core.quant import (
+    METHODS,
+    RUN_CALIBRATION,
+    RangeObserver,
+    activation_params,
+    fake_quant_activation,
+)
 
 from ..errors import ExportError
 from .program import conv_nodes
-
-#: the file a run directory holds its calibration inputs in
-RUN_CALIBRATION = "calibration.npy"
 
 
 def load_calibration(source, input_shape, dtype="float32") -> np.ndarray:

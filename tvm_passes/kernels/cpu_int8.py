@@ -1,17 +1,17 @@
-"""INT8 gather-GEMM conv for AVX-512 VNNI CPUs (docs/formulas.md section 7 "INT8").
+"""INT8 gather-GEMM conv for AVX-512 VNNI CPUs (docs/formulas.md section 5 "INT8").
 
 The same lowering as the float32 kernel (paper 000 section 3: live maps, gather rows (s, i, j) of
 the surviving groups, one GEMM with the compact filter), in integers:
 
   "Dp"   padded copy of the live maps, quantized on the way: u8 = clamp(rint(x / s_x) + z_x, 0, 255)
-         (formula 7.2); padding and the zero map hold z_x, the quantized 0
+         (formula 5.2); padding and the zero map hold z_x, the quantized 0
   "P"    gathered rows P[b, g, k, n] (uint8), one contiguous vector copy per row as in float32
   "P4"   the rows interleaved by four, P4[b, g, k/4, n, k%4]: the layout ``vpdpbusd`` reads (four
          consecutive k of one pixel in each 32-bit lane)
   "C"    int32 GEMM C[b, g, t, n] = sum_k Fq[g, t, k] * P[b, g, k, n], one ``vpdpbusd`` per 16 pixels
          and 4 k, the filter's 4 bytes broadcast from memory
   "out"  float32 epilogue out = relu?(C * m[t] + a[t] + res), m = s_x s_w[t] and
-         a = bias - s_x s_w[t] z_x sum_k Fq[t, k] (formula 7.4): requantization, bias and the
+         a = bias - s_x s_w[t] z_x sum_k Fq[t, k] (formula 5.4): requantization, bias and the
          zero-point correction are one multiply-add per output
 
 Input and output stay float32 so a quantized conv drops into any graph: each conv quantizes its
@@ -32,10 +32,9 @@ VNNI_INTRIN = "gbd_vnni_16x4_bcast_filter"
 INTERLEAVE_INTRIN = "gbd_interleave_4x16_u8"
 #: k rows per vpdpbusd lane
 K_LANE = 4
-#: lowering_params overrides: k blocks of whole lanes; 16-pixel aligned rows (one interleave / vpdpbusd
-#: each); the GEMM's output flat over pixels (the whole-row form's (row, column) bindings cannot be
-#: tensorized), so the epilogue is its own pass
-LOWERING = dict(k_align=K_LANE, row_align=(16,), whole_rows=False)
+#: lowering_params overrides: k blocks of whole lanes; output rows padded to 16 pixels (one interleave /
+#: vpdpbusd per 16 pixels of a row)
+LOWERING = dict(k_align=K_LANE, row_align=(16,))
 
 
 def _vnni_funcs(scope):
@@ -186,31 +185,42 @@ def schedule_conv_int8(func, geom: ConvGeometry, target):
     sch = s_tir.schedule.Schedule(func)
     fused_epi = bool(geom.NRP) and (geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1))
     blk = sch.get_sblock("C")
+    nv2 = geom.NV // VECTOR_LANES  # vectors per register tile row
     if geom.NRP:
+        # whole output rows per task, tiled as (row, 16-pixel column block) loops: a fused
+        # (row, column) index cannot be blockized for tensorize
         b, g, t, r, w, k4, kj = sch.get_loops(blk)
-        n = sch.fuse(r, w)
+        no, ri = sch.split(r, [None, geom.NTC * geom.NV // geom.OWP])
+        wo, nvi = sch.split(w, [None, VECTOR_LANES])
+        if (geom.OWP // VECTOR_LANES) % nv2 == 0:  # the tile's vectors side by side in a row
+            wt, nvo = sch.split(wo, [None, nv2])
+            nts = [ri, wt]
+        else:  # the tile's vectors in consecutive rows
+            rt, nvo = sch.split(ri, [None, nv2])
+            nts = [rt, wo]
     else:
         b, g, t, n, k4, kj = sch.get_loops(blk)
+        no, nt, nv = sch.split(n, [None, geom.NTC, geom.NV])
+        nvo, nvi = sch.split(nv, [None, VECTOR_LANES])
+        nts = [nt]
     tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
-    no, nt, nv = sch.split(n, [None, geom.NTC, geom.NV])
     ko, ki = sch.split(k4, [None, geom.KC // K_LANE])
-    sch.reorder(b, g, no, tp, ko, nt, to, ki, ti, nv, kj)
+    sch.reorder(b, g, no, tp, ko, *nts, to, ki, ti, nvo, nvi, kj)
     par = sch.fuse(b, g, no, tp)
     sch.parallel(par)
     if not fused_epi:
         acc = sch.cache_write(blk, 0, "local")
         sch.reverse_compute_at(acc, par)
     sch.unroll(ti)
-    nvo, nvi = sch.split(nv, [None, VECTOR_LANES])
     sch.unroll(nvo)
     init = sch.decompose_reduction(blk, ko)
     sch.vectorize(sch.get_loops(init)[-1])
     if not fused_epi:
         sch.vectorize(sch.get_loops(acc)[-1])
     _schedule_gather(sch, geom, ko)
-    sch.tensorize(nvi, f"{VNNI_INTRIN}_{'global' if fused_epi else 'local'}")
     _schedule_quantized_copy(sch, geom)
     _schedule_epilogue(sch, geom, par if fused_epi else None)
+    sch.tensorize(nvi, f"{VNNI_INTRIN}_{'global' if fused_epi else 'local'}")  # last: it replaces the block
     return sch.mod["main"]
 
 
