@@ -26,7 +26,7 @@ from tvm.script import tirx as T
 
 from .cpu import MAX_VECTOR_ROW, VECTOR_LANES, _num_threads, _schedule_epilogue, choose_t_split
 from .lowering import ConvGeometry
-from .te_defs import _epilogue
+from .te_defs import _epilogue, padded_value
 
 VNNI_INTRIN = "gbd_vnni_16x4_bcast_filter"
 INTERLEAVE_INTRIN = "gbd_interleave_4x16_u8"
@@ -118,7 +118,6 @@ def conv_te_int8(geom: ConvGeometry, x_scale: float, x_zero: int, relu: bool, ha
     """The int8 conv of the module docstring: params (data, Fq, live, off, (base), mul, add, (res), out).
     Fq is int8 [G, TO, KP/4, TI, 4]: per 4 gather rows, the TI filter rows' 4 bytes side by side."""
     g_ = geom
-    HW = g_.Hp * g_.Wp
     data = te.placeholder((g_.N, g_.C, g_.H, g_.W), "float32", name="data")
     F = te.placeholder((g_.G, g_.TO, g_.KP // K_LANE, g_.TI, K_LANE), "int8", name="F")
     live = te.placeholder((g_.L + 1,), "int32", name="live")
@@ -129,17 +128,14 @@ def conv_te_int8(geom: ConvGeometry, x_scale: float, x_zero: int, relu: bool, ha
     res = te.placeholder((g_.N, g_.T, g_.OH, g_.OW), "float32", name="res") if has_res else None
     inv_s, zp = tirx.const(1.0 / x_scale, "float32"), tirx.const(int(x_zero), "int32")
 
-    def dp(b, f):
-        l, r = f // HW, f % HW
-        h, w = r // g_.Wp - g_.pt, r % g_.Wp - g_.pl
-        ok = tirx.all(l < g_.L, h >= 0, h < g_.H, w >= 0, w < g_.W)
-        x = data[b, live[tirx.min(l, g_.L)], tirx.max(tirx.min(h, g_.H - 1), 0), tirx.max(tirx.min(w, g_.W - 1), 0)]
-        q = tirx.max(tirx.min(tirx.nearbyint(x * inv_s).astype("int32") + zp, 255), 0)
-        # branch-free padding (see te_defs.conv_te): (q - z) masked to 0 outside, so padding reads z
-        mask = tirx.Select(ok, tirx.const(-1, "int32"), tirx.const(0, "int32"))
-        return (((q - zp) & mask) + zp).astype("uint8")
+    # the float padded copy of the float32 kernel, then quantized: both are contiguous vector
+    # loops per row (quantizing inside the clamped gather made LLVM scalarize the row)
+    Df = te.compute((g_.N, g_.DPLEN), lambda b, f: padded_value(g_, data, live, b, f), name="Df")
 
-    Dp = te.compute((g_.N, g_.DPLEN), dp, name="Dp")
+    def quant(b, f):
+        return tirx.max(tirx.min(tirx.nearbyint(Df[b, f] * inv_s).astype("int32") + zp, 255), 0).astype("uint8")
+
+    Dp = te.compute((g_.N, g_.DPLEN), quant, name="Dp")
 
     def pix(n):
         return (n // g_.OWP) * (g_.sh * g_.Wp) + (n % g_.OWP) * g_.sw if g_.OWP else base[n]
@@ -242,14 +238,20 @@ def _schedule_gather(sch, geom: ConvGeometry, ko):
 
 
 def _schedule_quantized_copy(sch, geom: ConvGeometry):
+    """Per padded row (parallel over images x maps): the float row (clamped loads, masked), then its
+    quantization, each one vector loop; the float row stays in L1."""
     dblk = sch.get_sblock("Dp")
     HW = geom.Hp * geom.Wp
     if geom.Hp == 1:
         sch.transform_block_layout(dblk, lambda b, f: (b, f // geom.Wp, f % geom.Wp))
         db, dl, dw = sch.get_loops(dblk)
+        row = dl
     else:
         sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
-        db, dl, _, dw = sch.get_loops(dblk)
+        db, dl, row, dw = sch.get_loops(dblk)
     sch.parallel(sch.fuse(db, dl))
+    fblk = sch.get_sblock("Df")
+    sch.compute_at(fblk, row)
     if geom.Wp <= MAX_VECTOR_ROW:
         sch.vectorize(dw)
+        sch.vectorize(sch.get_loops(fblk)[-1])
