@@ -1,8 +1,8 @@
 """One engine, one model x density x batch, timed in this (fresh) process; prints one JSON line.
 
-Called by ``benchmarks/peers.py``, never imported by it: with ``.venv-peers/bin/python`` for
-``onnxruntime`` / ``openvino`` / ``deepsparse`` (that venv has numpy 1.26 and no torch), with the
-project venv for ``torch`` / ``ours_dense`` / ``ours_sparse``.  The parent removes every
+Called by ``benchmarks/peers.py`` (and ``peers_int8.py``: the ``*_int8`` engines), never imported
+by them: with ``.venv-peers/bin/python`` for ``onnxruntime`` / ``openvino`` / ``deepsparse`` (that
+venv has numpy 1.26 and no torch), with the project venv for ``torch`` / ``ours_*``.  The parent removes every
 ``TVM_*`` variable from the environment and sets ``OMP_NUM_THREADS``; this process sets each
 engine's own thread count to ``threads`` through its API.
 
@@ -31,6 +31,9 @@ import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINES = ("torch", "onnxruntime", "openvino", "deepsparse", "ours_dense", "ours_sparse")
+#: the INT8 engines of ``benchmarks/peers_int8.py``: a peer's ``*_int8`` runs like the peer on the
+#: quantized model in ``spec["onnx"]`` (OpenVINO: the NNCF IR .xml, without the f32 precision hint)
+INT8_ENGINES = ("ours_int8", "onnxruntime_int8", "openvino_int8", "deepsparse_int8")
 #: the module each engine imports (its absence means "skipped", not "error")
 NEEDS = {
     "torch": "torchvision",
@@ -39,6 +42,10 @@ NEEDS = {
     "deepsparse": "deepsparse",
     "ours_dense": "tvm_passes",
     "ours_sparse": "tvm_passes",
+    "ours_int8": "tvm_passes",
+    "onnxruntime_int8": "onnxruntime",
+    "openvino_int8": "openvino",
+    "deepsparse_int8": "deepsparse",
 }
 
 
@@ -58,6 +65,8 @@ def _import(mod):
 def runner(spec, x):
     """(callable running one forward and returning its first output as numpy, version string)."""
     engine, threads, batch = spec["engine"], int(spec["threads"]), int(spec["batch"])
+    if engine in INT8_ENGINES and engine != "ours_int8":
+        engine = engine[: -len("_int8")]
     if engine == "torch":
         _import("torchvision")
         import torch
@@ -88,6 +97,8 @@ def runner(spec, x):
         model = core.read_model(spec["onnx"])
         model.reshape({model.inputs[0].get_any_name(): list(x.shape)})  # static batch
         cfg = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if spec["engine"] == "openvino_int8":
+            del cfg["INFERENCE_PRECISION_HINT"]  # an int8 model: the plugin's default for what stays float
         compiled = core.compile_model(model, "CPU", cfg)
         prec = compiled.get_property("INFERENCE_PRECISION_HINT")
         prec = prec.get_type_name() if hasattr(prec, "get_type_name") else str(prec)
@@ -96,7 +107,7 @@ def runner(spec, x):
         ds = _import("deepsparse")
         eng = ds.compile_model(spec["onnx"], batch_size=batch, num_cores=threads)
         return (lambda: eng([x])), (lambda out: out[0]), ds.__version__
-    if engine in ("ours_dense", "ours_sparse"):
+    if engine in ("ours_dense", "ours_sparse", "ours_int8"):
         tp = _import("tvm_passes")
         import inspect
 
@@ -114,7 +125,7 @@ def runner(spec, x):
         xt = torch.from_numpy(x).clone()
         ver = f"tvm_passes (load threads arg: {'yes' if kw else 'no'})"
         return (lambda: model(xt)), (lambda out: out.numpy()), ver
-    raise ValueError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    raise ValueError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES + INT8_ENGINES)})")
 
 
 def _takes_threads(fn, inspect):

@@ -111,9 +111,10 @@ def test_int8_export_end_to_end(tmp_path, small_net):
         tmp_path / "a",
         dtype="int8",
         calibration=str(tmp_path / "cal.npy"),
+        dynamic_batch=True,
     )
     ver = man["verification"]
-    assert ver["passed"] and ver["reference"] == "fake-quant model"
+    assert ver["passed"] and ver["reference"] == "fake-quant model" and ver["batches"] == [4, 1]
     assert ver["max_relative_error"] < ver["relative_error_vs_float32"] < 0.05
     convs = {c["name"]: c for c in man["convs"]}
     assert {c["compute_dtype"] for c in convs.values()} == {"int8"}
