@@ -188,7 +188,7 @@ def export_model(
     stage(0)
     src = _prepare(model, example_input, input_shape, dynamic_batch)
     shape = src.shape
-    quant = _calibrate(src, dtype, calibration, calibration_method)
+    quant, cal_inputs = _calibrate(src, dtype, calibration, calibration_method)
     stage(1)
     low = lower(
         src.program,
@@ -211,7 +211,7 @@ def export_model(
         batches = [shape[0]] + ([1 if shape[0] != 1 else 3] if manifest["input"]["dynamic_batch"] else [])
         tol = tolerance(dtype)
         if quant is not None:
-            src = _fake_quant_source(src, quant, low.records)
+            src = _fake_quant_source(src, quant, low.records, cal_inputs)
         manifest["verification"] = _verification(out_dir, src, tgt, low.imported.input_dtype, batches, tol)
         write_json(ver_path, manifest["verification"])
         write_json(os.path.join(out_dir, MANIFEST), manifest)
@@ -223,9 +223,9 @@ def export_model(
 
 
 def _calibrate(src, dtype, calibration, method):
-    """Per-conv input ranges for an int8 export (None for the other dtypes)."""
+    """(per-conv input ranges, the calibration inputs) for an int8 export ((None, None) otherwise)."""
     if dtype != "int8":
-        return None
+        return None, None
     if calibration is None:
         raise ExportError("--dtype int8 needs calibration inputs: --calibration FILE.npy or a run directory")
     if not hasattr(src.program, "graph_signature"):
@@ -236,17 +236,18 @@ def _calibrate(src, dtype, calibration, method):
 
     inputs = calibration if isinstance(calibration, np.ndarray) else load_calibration(calibration, src.shape)
     batch = 32 if src.dynamic else src.shape[0]
-    return calibrate(src.program, inputs, method, batch=batch, fixed_batch=not src.dynamic)
+    return calibrate(src.program, inputs, method, batch=batch, fixed_batch=not src.dynamic), inputs
 
 
-def _fake_quant_source(src, quant, records):
-    """``src`` verified against the fake-quant model of the convs that were built in int8."""
+def _fake_quant_source(src, quant, records, inputs):
+    """``src`` verified against the fake-quant model of the convs that were built in int8, on
+    calibration inputs (in the calibrated ranges, so the error against float32 is the one users get)."""
     from .frontend.calibrate import fake_quant_reference
 
     int8 = [r["name"] for r in records if r.get("compute_dtype") == "int8"]
     ref = fake_quant_reference(src.program, quant, int8)
     verify = lambda out_dir, s, dtype, tol: verify_artifact(
-        out_dir, src.program, s, dtype=dtype, tol=tol, reference=ref
+        out_dir, src.program, s, dtype=dtype, tol=tol, reference=ref, inputs=inputs
     )
     return src._replace(verify=verify)
 

@@ -48,14 +48,21 @@ def _first(y):
     return y[0] if isinstance(y, (tuple, list)) else y
 
 
-def verify_artifact(out_dir, ep, input_shape, *, seed=0, tol=TOLERANCE, dtype="float32", reference=None) -> dict:
-    """Run the artifact in ``out_dir`` and ``ep`` (PyTorch) on the same random input.  ``reference``:
-    another callable to compare with (the int8 export's fake-quant model); the error against ``ep``
-    is then reported too, as ``relative_error_vs_float32``."""
+def verify_artifact(
+    out_dir, ep, input_shape, *, seed=0, tol=TOLERANCE, dtype="float32", reference=None, inputs=None
+) -> dict:
+    """Run the artifact in ``out_dir`` and ``ep`` (PyTorch) on the same random input (or the first
+    ``input_shape[0]`` of ``inputs``, repeated if there are fewer).  ``reference``: another callable
+    to compare with (the int8 export's fake-quant model); the error against ``ep`` is then reported
+    too, as ``relative_error_vs_float32``."""
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(*input_shape, generator=gen).to(getattr(torch, dtype))
+    if inputs is not None:
+        x = torch.from_numpy(np.resize(np.asarray(inputs, dtype=dtype), tuple(input_shape)))
+        seed = None
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(*input_shape, generator=gen).to(getattr(torch, dtype))
     with torch.no_grad():
         ref = _first(ep.module()(x))
     out = load(out_dir)(x.numpy())
