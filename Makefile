@@ -42,16 +42,25 @@ lint: $(STAMP)
 
 # Peer runtimes (ONNX Runtime, OpenVINO, DeepSparse) in their own venv, and the side-by-side
 # whole-model benchmark against them (benchmarks/README.md, "Against other CPU runtimes").
+# $(PEERS_VENV)/quant: ONNX Runtime's quantization tool for bench-peers-int8 (it needs onnx >= 1.16,
+# deepsparse pins onnx < 1.15; benchmarks/requirements-peers-quant.txt).
 PEERS_VENV ?= .venv-peers
-PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell cat benchmarks/requirements-peers.txt | cksum | cut -d' ' -f1)
-.PHONY: peers-venv bench-peers
+PEERS_REQS := benchmarks/requirements-peers.txt benchmarks/requirements-peers-quant.txt
+PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell cat $(PEERS_REQS) | cksum | cut -d' ' -f1)
+.PHONY: peers-venv bench-peers bench-peers-int8
 peers-venv: $(PEERS_STAMP)
 
-$(PEERS_STAMP): benchmarks/requirements-peers.txt
+$(PEERS_STAMP): $(PEERS_REQS)
 	@test -x $(PEERS_VENV)/bin/python || python3 -m venv $(PEERS_VENV)
 	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PEERS_VENV)/bin/python -m pip install -q -r benchmarks/requirements-peers.txt
+	@test -x $(PEERS_VENV)/quant/bin/python || python3 -m venv $(PEERS_VENV)/quant
+	$(PEERS_VENV)/quant/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/quant/bin/python -m pip install -q -r benchmarks/requirements-peers-quant.txt
 	@rm -f $(PEERS_VENV)/.installed-* && touch $@
 
 bench-peers: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m benchmarks.peers
+
+bench-peers-int8: $(STAMP) $(PEERS_STAMP)
+	$(PY) -m benchmarks.peers_int8

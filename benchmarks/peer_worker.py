@@ -2,9 +2,9 @@
 
 Called by ``benchmarks/peers.py`` (and ``peers_int8.py``: the ``*_int8`` engines), never imported
 by them: with ``.venv-peers/bin/python`` for ``onnxruntime`` / ``openvino`` / ``deepsparse`` (that
-venv has numpy 1.26 and no torch), with the project venv for ``torch`` / ``ours_*``.  The parent removes every
-``TVM_*`` variable from the environment and sets ``OMP_NUM_THREADS``; this process sets each
-engine's own thread count to ``threads`` through its API.
+venv has numpy 1.26 and no torch), with the project venv for ``torch`` / ``ours_*``.  The parent
+removes every ``TVM_*`` variable from the environment and sets ``OMP_NUM_THREADS``; this process
+sets each engine's own thread count to ``threads`` through its API.
 
     python -m benchmarks.peer_worker '{"engine": "openvino", "model": "resnet18", "density": 0.3,
         "batch": 1, "threads": 2, "onnx": ".../model.onnx", "x": ".../x_b1.npy",
@@ -102,6 +102,8 @@ def runner(spec, x):
         compiled = core.compile_model(model, "CPU", cfg)
         prec = compiled.get_property("INFERENCE_PRECISION_HINT")
         prec = prec.get_type_name() if hasattr(prec, "get_type_name") else str(prec)
+        if spec["engine"] == "openvino_int8":  # which conv kernels it picked (AMX / VNNI / ...)
+            prec += "; convs: " + _ov_conv_kernels(compiled)
         return (lambda: compiled(x)), (lambda out: out[0]), f"{ov.__version__.split('-')[0]} ({prec})"
     if engine == "deepsparse":
         ds = _import("deepsparse")
@@ -126,6 +128,21 @@ def runner(spec, x):
         ver = f"tvm_passes (load threads arg: {'yes' if kw else 'no'})"
         return (lambda: model(xt)), (lambda out: out.numpy()), ver
     raise ValueError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES + INT8_ENGINES)})")
+
+
+def _ov_conv_kernels(compiled):
+    """'brgconv_avx512_amx_I8 x16, ...': the primitives of the compiled model's convolutions."""
+    from collections import Counter
+
+    try:
+        n = Counter()
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            rt = op.get_rt_info()
+            if rt["layerType"].astype(str) == "Convolution":
+                n[rt["primitiveType"].astype(str)] += 1
+        return ", ".join(f"{k} x{v}" for k, v in n.most_common()) or "none"
+    except Exception as e:
+        return f"unknown ({type(e).__name__})"
 
 
 def _takes_threads(fn, inspect):

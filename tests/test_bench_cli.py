@@ -5,10 +5,12 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks import peers_int8
 from lightning_gbd import save_pt2
 from tvm_passes.cli import main as export_main
 
@@ -65,3 +67,44 @@ def test_bench_refuses_another_batch_for_a_fixed_artifact(tmp_path):
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "takes batch 2 only" in lines[0], r.stderr
+
+
+def _peers_int8(*args):
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.peers_int8", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+    )
+
+
+def test_peers_int8_dry_run_and_bad_arguments(tmp_path):
+    """``benchmarks/peers_int8.py --dry-run``: the plan, nothing timed or written, without the peers venvs."""
+    out = tmp_path / "p.json"
+    r = _peers_int8(
+        "--dry-run", "--models", "resnet18", "--batches", "1,32", "--peers-python", tmp_path / "none",
+        "--quant-python", tmp_path / "none", "--out", out,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("resnet18")]
+    assert [(p[2], p[3]) for p in plan] == [(b, e) for b in ("b1", "b32") for e in peers_int8.ENGINES]
+    assert r.stdout.count("missing: run `make peers-venv`") == 2
+    assert not out.exists()
+    r = _peers_int8("--dry-run", "--models", "resnet19")
+    assert r.returncode == 2 and "unknown model / engine: resnet19" in r.stderr
+
+
+def test_peers_int8_ratios_and_targets():
+    ms = {"ours_sparse": 10.0, "ours_int8": 4.0, "onnxruntime_int8": 9.0, "openvino_int8": 7.0, "deepsparse_int8": 5.0}
+    eng = {k: {"ms": v, "rel_err": 0.02} for k, v in ms.items()}
+    eng["deepsparse_int8"]["rel_err"] = 0.3
+    row = peers_int8.derive(dict(model="resnet18", density=0.3, batch=1, engines=eng), tol=0.1)
+    assert row["best_int8_peer"] == "openvino_int8"
+    assert row["speedup"] == {"vs_ours_sparse": 2.5, "vs_deepsparse_int8": 1.25, "vs_best_int8_peer": 1.75}
+    assert row["target_met"] == {"vs_ours_sparse": True, "vs_deepsparse_int8": False, "vs_best_int8_peer": False}
+    assert row["flagged"] == ["deepsparse_int8"]
+    md = peers_int8.markdown(dict(rows=[row], tol=0.1, command="python -m benchmarks.peers_int8 --models resnet18"))
+    assert "| resnet18 | 1 | 0.3 | 10.0 | 4.00 | 9.00 | 7.00 | 5.00 | 2.50x ✓ | 1.25x ✗ | 1.75x ✗ |" in md
+    assert "`python -m benchmarks.peers_int8 --models resnet18`" in md
