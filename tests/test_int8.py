@@ -20,6 +20,7 @@ from tests.test_kernels import LLVM, gbd_weight, ref_conv, run_llvm
 from tvm_passes import export_model
 from tvm_passes.errors import ExportError
 from tvm_passes.kernels import conv2d_gather_gemm_int8, conv_output_size
+from tvm_passes.target import request_amx
 
 
 def test_weight_quantization_keeps_patterns_and_error_bound():
@@ -54,8 +55,13 @@ CASES = [
 ]
 
 
+AMX = {**LLVM, "mcpu": "sapphirerapids", "mattr": ["+amx-tile", "+amx-int8"]}
+needs_amx = pytest.mark.skipif(not request_amx(), reason="no Intel AMX on this CPU / OS")
+
+
+@pytest.mark.parametrize("target", [LLVM, pytest.param(AMX, marks=needs_amx)], ids=["vnni", "amx"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"C{c[1]}T{c[4]}k{c[5][0]}x{c[5][1]}s{c[6][0]}g{c[9]}")
-def test_int8_kernel_matches_fake_quant_conv(case):
+def test_int8_kernel_matches_fake_quant_conv(case, target):
     N, C, H, W, T, k, stride, pad, dil, groups, density, signed, res = case
     rng = np.random.default_rng(sum(map(hash, map(str, case))) % 2**32)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
@@ -65,11 +71,12 @@ def test_int8_kernel_matches_fake_quant_conv(case):
     s, z = activation_params(x.min(), x.max() * 0.8)  # some inputs saturate
     func, consts = conv2d_gather_gemm_int8(
         x.shape, w, b, x_scale=s, x_zero=z, stride=stride, padding=pad, dilation=dil, groups=groups,
-        relu=True, residual=res, target=LLVM,
+        relu=True, residual=res, target=target,
     )  # fmt: skip
     OH, OW = conv_output_size(H, W, *k, stride, pad, dil)
     r = rng.standard_normal((N, T, OH, OW)).astype(np.float32)
-    out = run_llvm(func, [x, *consts] + ([r] if res else []), (N, T, OH, OW))
+    assert consts[0].ndim == (3 if target is AMX else 5)  # filter rows for tiles / VNNI-packed
+    out = run_llvm(func, [x, *consts] + ([r] if res else []), (N, T, OH, OW), target)
     ref = ref_conv(fake_quant_activation(x, s, z), fake_quant_weight(w), b, stride, pad, dil, groups, False)
     ref = np.maximum(ref + (r if res else 0), 0)
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5

@@ -51,8 +51,8 @@ def ref_conv(x, w, b, stride, padding, dilation, groups, relu):
     return (y.relu() if relu else y).numpy()
 
 
-def run_llvm(func, inputs, out_shape):
-    lib = compile_kernel(func, LLVM)
+def run_llvm(func, inputs, out_shape, target=LLVM):
+    lib = compile_kernel(func, target)
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
     out = tvm.runtime.tensor(np.full(out_shape, np.nan, np.float32), dev)

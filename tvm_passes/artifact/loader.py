@@ -12,6 +12,7 @@ import threading
 import numpy as np
 
 from ..errors import ArtifactError
+from ..target import AMX_MATTR, request_amx
 from ..threads import configure as configure_threads
 from .manifest import LIB_NAME, MANIFEST, sha256_file
 
@@ -100,6 +101,7 @@ def load(out_dir, *, device=None, check_sha=True, threads=None) -> CompiledModel
     manifest, lib_path = _read_manifest(out_dir)
     if manifest.get("device", "cpu") == "cpu":
         threads = configure_threads(threads)
+        _allow_amx(manifest, out_dir)
     st = os.stat(lib_path)
     key = (lib_path, st.st_mtime_ns, st.st_size, manifest.get("library_sha256"), str(device))
     with _LOCK:
@@ -131,6 +133,13 @@ def load(out_dir, *, device=None, check_sha=True, threads=None) -> CompiledModel
     with _LOCK:
         _CACHE[key] = model
     return model
+
+
+def _allow_amx(manifest, out_dir) -> None:
+    """An artifact built with AMX tiles needs the process's AMX permission before its first call."""
+    mattr = (manifest.get("target") or {}).get("mattr") or []
+    if all(m in mattr for m in AMX_MATTR) and not request_amx():
+        raise ArtifactError(f"{out_dir}: built for Intel AMX tiles, which this CPU or OS does not allow")
 
 
 def _read_manifest(out_dir) -> tuple[dict, str]:

@@ -114,12 +114,18 @@ def _register_intrinsics():
             s_tir.TensorIntrin.register(name, desc, impl)
 
 
-def conv_te_int8(geom: ConvGeometry, x_scale: float, x_zero: int, relu: bool, has_res: bool = False):
+def conv_te_int8(
+    geom: ConvGeometry, x_scale: float, x_zero: int, relu: bool, has_res: bool = False, rows_filter: bool = False
+):
     """The int8 conv of the module docstring: params (data, Fq, live, off, (base), mul, add, (res), out).
-    Fq is int8 [G, TO, KP/4, TI, 4]: per 4 gather rows, the TI filter rows' 4 bytes side by side."""
+    Fq is int8 [G, TO, KP/4, TI, 4]: per 4 gather rows, the TI filter rows' 4 bytes side by side (the
+    VNNI broadcast); ``rows_filter``: [G, TO * TI, KP], one row of K bytes per filter (the AMX tiles)."""
     g_ = geom
     data = te.placeholder((g_.N, g_.C, g_.H, g_.W), "float32", name="data")
-    F = te.placeholder((g_.G, g_.TO, g_.KP // K_LANE, g_.TI, K_LANE), "int8", name="F")
+    if rows_filter:
+        F = te.placeholder((g_.G, g_.TO * g_.TI, g_.KP), "int8", name="F")
+    else:
+        F = te.placeholder((g_.G, g_.TO, g_.KP // K_LANE, g_.TI, K_LANE), "int8", name="F")
     live = te.placeholder((g_.L + 1,), "int32", name="live")
     off = te.placeholder((g_.G, g_.KP), "int32", name="off")
     base = None if g_.OWP else te.placeholder((g_.NP,), "int32", name="base")
@@ -148,7 +154,8 @@ def conv_te_int8(geom: ConvGeometry, x_scale: float, x_zero: int, relu: bool, ha
     kj = te.reduce_axis((0, K_LANE), name="kj")
 
     def mac(b, g, t, n):
-        f = F[g, t // g_.TI, k4, t % g_.TI, kj].astype("int32")
+        f = F[g, t, k4 * K_LANE + kj] if rows_filter else F[g, t // g_.TI, k4, t % g_.TI, kj]
+        f = f.astype("int32")
         return te.sum(P4[b, g, k4, n, kj].astype("int32") * f, axis=[k4, kj])
 
     if g_.NRP:

@@ -10,8 +10,9 @@ import numpy as np
 import tvm
 from tvm import tirx
 
+from ..target import has_amx, request_amx
 from ..threads import configure as configure_threads
-from . import cpu, cpu_int8, cuda, cuda_tc
+from . import cpu, cpu_amx, cpu_int8, cuda, cuda_tc
 from .lowering import conv_output_size, lower_conv
 from .te_defs import conv_te, dense_te, dense_te_tc
 
@@ -87,6 +88,8 @@ def compile_kernel(func, target):
     target = _as_target(target)
     if not _is_gpu(target):
         configure_threads()
+    if has_amx(target) and not request_amx():
+        raise ValueError("the target uses AMX tiles, which this CPU or OS does not allow")
     with build_context(target):
         return tvm.compile(func.with_attr("global_symbol", "main"), target=target)
 
@@ -202,19 +205,24 @@ def conv2d_gather_gemm_int8(
     if _is_gpu(target):
         raise ValueError("dtype 'int8' has CPU (AVX-512 VNNI) kernels only")
     wq, w_scale = quantize_weight(weight)
-    lw = {**cpu.lowering_params(wq.shape[0] // groups), **cpu_int8.LOWERING}
+    amx = has_amx(target)
+    lw = {**cpu.lowering_params(wq.shape[0] // groups), **(cpu_amx.LOWERING if amx else cpu_int8.LOWERING)}
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
     data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
     geom, F, live, off, base = lower_conv(data_shape, wq.astype(np.float32), **kw, **lw)
     tpo = cpu.choose_t_split(geom, cpu._num_threads(target))
     if geom.TO % tpo:
         geom, F, live, off, base = lower_conv(data_shape, wq.astype(np.float32), **kw, **lw, to_multiple=tpo)
-    G, TO, KP, TI = F.shape  # [G, TO, KP, TI] -> [G, TO, KP/4, TI, 4]
-    Fq = F.reshape(G, TO, KP // cpu_int8.K_LANE, cpu_int8.K_LANE, TI).transpose(0, 1, 2, 4, 3)
+    G, TO, KP, TI = F.shape
+    if amx:  # [G, TO, KP, TI] -> [G, TO * TI, KP]: one row of gather-row bytes per filter
+        Fq = F.transpose(0, 1, 3, 2).reshape(G, TO * TI, KP)
+    else:  # -> [G, TO, KP/4, TI, 4]: per 4 gather rows, the TI filters' 4 bytes side by side
+        Fq = F.reshape(G, TO, KP // cpu_int8.K_LANE, cpu_int8.K_LANE, TI).transpose(0, 1, 2, 4, 3)
     mul, add = requant_epilogue(wq, w_scale, x_scale, x_zero, bias)
     consts = [np.ascontiguousarray(Fq).astype(np.int8), live, off] + ([] if geom.OWP else [base]) + [mul, add]
-    func = cpu_int8.conv_te_int8(geom, x_scale, x_zero, relu, residual)
-    return _finish(cpu_int8.schedule_conv_int8(func, geom, target), target), consts
+    func = cpu_int8.conv_te_int8(geom, x_scale, x_zero, relu, residual, rows_filter=amx)
+    schedule = cpu_amx.schedule_conv_amx if amx else cpu_int8.schedule_conv_int8
+    return _finish(schedule(func, geom, target), target), consts
 
 
 def pack_dense_weight(weight, OI):
