@@ -95,7 +95,6 @@ def padded_value(g_: ConvGeometry, data, live, b, f):
 
 def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = False, dtype: str = "float32"):
     g_ = geom
-    HW = g_.Hp * g_.Wp
     LP = g_.L + 1
     tc = dtype != "float32"
     sd = storage_dtype(dtype)
