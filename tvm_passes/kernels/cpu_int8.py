@@ -24,7 +24,7 @@ from __future__ import annotations
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 
-from .cpu import MAX_VECTOR_ROW, VECTOR_LANES, _num_threads, _schedule_epilogue, choose_t_split
+from .cpu import MAX_VECTOR_ROW, VECTOR_LANES, _num_threads, _schedule_epilogue, choose_t_split, partition_row
 from .lowering import ConvGeometry
 from .te_defs import _epilogue, padded_value
 
@@ -261,4 +261,6 @@ def _schedule_quantized_copy(sch, geom: ConvGeometry):
     sch.compute_at(fblk, row)
     if geom.Wp <= MAX_VECTOR_ROW:
         sch.vectorize(dw)
-        sch.vectorize(sch.get_loops(fblk)[-1])
+        for loop in partition_row(sch, sch.get_loops(fblk)[-1], geom):
+            sch.vectorize(loop)
+
