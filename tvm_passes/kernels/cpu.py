@@ -12,8 +12,10 @@ of the live input maps and the bias/ReLU epilogue are separate parallel vectoriz
 from __future__ import annotations
 
 from tvm import s_tir
+from tvm.script import tirx as T
 
 from .lowering import ConvGeometry
+from .te_defs import strided_rows
 
 CONV_TI = 6  # filter rows per register tile (8 when T/groups is a multiple of 8)
 CONV_NV = 32  # output pixels per register tile (2 AVX-512 vectors)
@@ -25,6 +27,64 @@ CONV_ROW_ALIGN = (16, 8)  # output rows padded to 16 (else 8) pixels: one vector
 VECTOR_LANES = 16
 #: padded input rows up to this length are copied as one vector op
 MAX_VECTOR_ROW = 512
+
+
+def _stride2_funcs(dtype: str):
+    """desc / impl of D[16] = S[2 w]: 16 elements at stride 2 as two contiguous loads and one shuffle
+    (TVM emits a strided vector load as 16 scalar loads)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(s: T.handle, d: T.handle) -> None:
+        S = T.match_buffer(s, (31,), dtype, offset_factor=1)
+        D = T.match_buffer(d, (16,), dtype, offset_factor=1)
+        with T.sblock("root"):
+            T.reads(S[0:31])
+            T.writes(D[0:16])
+            for w in range(16):
+                with T.sblock("P"):
+                    vw = T.axis.remap("S", [w])
+                    D[vw] = S[vw * 2]
+
+    @T.prim_func(s_tir=True)
+    def impl(s: T.handle, d: T.handle) -> None:
+        S = T.match_buffer(s, (31,), dtype, offset_factor=1)
+        D = T.match_buffer(d, (16,), dtype, offset_factor=1)
+        with T.sblock("root"):
+            T.reads(S[0:31])
+            T.writes(D[0:16])
+            # elements 0..15 and 15..30: both loads stay inside the 31 the desc reads
+            D[T.ramp(T.int32(0), 1, 16)] = T.Shuffle(
+                [S[T.ramp(T.int32(0), 1, 16)], S[T.ramp(T.int32(15), 1, 16)]],
+                [2 * i for i in range(8)] + [16 + 1 + 2 * i for i in range(8)],
+            )
+
+    return desc, impl
+
+
+def stride2_intrin(dtype: str) -> str:
+    """The registered name of the stride-2 row gather for ``dtype`` (registered on first use)."""
+    name = f"gbd_stride2_16_{dtype}"
+    try:
+        s_tir.TensorIntrin.get(name)
+    except Exception:  # noqa: BLE001 - TVM raises a generic error for an unknown name
+        s_tir.TensorIntrin.register(name, *_stride2_funcs(dtype))
+    return name
+
+
+def schedule_row_gather(sch, pblk, geom: ConvGeometry, dtype: str):
+    """The gathered rows P (compute_at a k block): row-aligned runs as vector copies of ROWV
+    elements; at stride 2 with 16-element runs, each run is two loads and a shuffle."""
+    if not geom.OWP:
+        return
+    _, pn = sch.get_loops(pblk)[-2:]
+    _, pv = sch.split(pn, [None, geom.ROWV])
+    if not strided_rows(geom):
+        sch.vectorize(pv)
+        return
+    p2 = sch.get_sblock("P2")
+    sch.compute_at(p2, sch.get_loops(pblk)[-4])  # the k block's loop: whole rows of this chunk
+    sch.vectorize(sch.get_loops(p2)[-1])
+    sch.tensorize(pv, stride2_intrin(dtype))
 
 
 def lowering_params(Tg=None):
@@ -87,10 +147,7 @@ def schedule_conv_cpu(func, geom: ConvGeometry, target):
     # gather the patch panel once per parallel task and k block
     pblk = sch.get_sblock("P")
     sch.compute_at(pblk, ko)
-    if geom.OWP:
-        _, pn = sch.get_loops(pblk)[-2:]
-        _, pv = sch.split(pn, [None, geom.ROWV])
-        sch.vectorize(pv)
+    schedule_row_gather(sch, pblk, geom, "float32")
     _schedule_padded_copy(sch, geom)
     _schedule_epilogue(sch, geom, par if fused_epi else None)
     return sch.mod["main"]

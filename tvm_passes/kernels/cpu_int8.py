@@ -24,9 +24,17 @@ from __future__ import annotations
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 
-from .cpu import MAX_VECTOR_ROW, VECTOR_LANES, _num_threads, _schedule_epilogue, choose_t_split, partition_row
+from .cpu import (
+    MAX_VECTOR_ROW,
+    VECTOR_LANES,
+    _num_threads,
+    _schedule_epilogue,
+    choose_t_split,
+    partition_row,
+    schedule_row_gather,
+)
 from .lowering import ConvGeometry
-from .te_defs import _epilogue, padded_value
+from .te_defs import _epilogue, gather_rows, padded_value
 
 VNNI_INTRIN = "gbd_vnni_16x4_bcast_filter"
 INTERLEAVE_INTRIN = "gbd_interleave_4x16_u8"
@@ -143,10 +151,7 @@ def conv_te_int8(
 
     Dp = te.compute((g_.N, g_.DPLEN), quant, name="Dp")
 
-    def pix(n):
-        return (n // g_.OWP) * (g_.sh * g_.Wp) + (n % g_.OWP) * g_.sw if g_.OWP else base[n]
-
-    P = te.compute((g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: Dp[b, off[g, k] + pix(n)], name="P")
+    P = gather_rows(g_, Dp, off, base)
     P4 = te.compute(
         (g_.N, g_.G, g_.KP // K_LANE, g_.NP, K_LANE), lambda b, g, k4, n, j: P[b, g, k4 * K_LANE + j, n], name="P4"
     )
@@ -234,10 +239,7 @@ def _schedule_gather(sch, geom: ConvGeometry, ko):
     sch.compute_at(p4, ko)
     pblk = sch.get_sblock("P")
     sch.compute_at(pblk, ko)
-    if geom.OWP:
-        _, pn = sch.get_loops(pblk)[-2:]
-        _, pv = sch.split(pn, [None, geom.ROWV])
-        sch.vectorize(pv)
+    schedule_row_gather(sch, pblk, geom, "uint8")
     k4l, nl, jl = sch.get_loops(p4)[-3:]
     nlo, nli = sch.split(nl, [None, 16])
     sch.reorder(k4l, nlo, nli, jl)
@@ -263,4 +265,3 @@ def _schedule_quantized_copy(sch, geom: ConvGeometry):
         sch.vectorize(dw)
         for loop in partition_row(sch, sch.get_loops(fblk)[-1], geom):
             sch.vectorize(loop)
-

@@ -93,6 +93,34 @@ def padded_value(g_: ConvGeometry, data, live, b, f):
     return tirx.reinterpret("float32", bits)
 
 
+def strided_rows(g_: ConvGeometry) -> bool:
+    """Whether the CPU gather copies stride-2 rows whole first (stage "P2"), then takes every other
+    element with a shuffle (cpu.schedule_row_gather): a strided vector load is 16 scalar loads."""
+    return bool(g_.OWP) and g_.sw == 2 and g_.ROWV == 16
+
+
+def gather_rows(g_: ConvGeometry, Dp, off, base, split_stride: bool = True):
+    """Stage "P": P[b, g, k, n] = Dp[b, off[g, k] + pix(n)], the gathered rows (formula 1.18);
+    through stage "P2" (whole input rows, contiguous) when ``strided_rows`` and ``split_stride``."""
+    if split_stride and strided_rows(g_):
+        rows, width = g_.NP // g_.OWP, 2 * g_.OWP - 1
+        P2 = te.compute(
+            (g_.N, g_.G, g_.KP, rows, width),
+            lambda b, g, k, r, w: Dp[b, off[g, k] + r * (g_.sh * g_.Wp) + w],
+            name="P2",
+        )
+        return te.compute(
+            (g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: P2[b, g, k, n // g_.OWP, 2 * (n % g_.OWP)], name="P"
+        )
+
+    def pix(n):
+        if g_.OWP:
+            return (n // g_.OWP) * (g_.sh * g_.Wp) + (n % g_.OWP) * g_.sw
+        return base[n]
+
+    return te.compute((g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: Dp[b, off[g, k] + pix(n)], name="P")
+
+
 def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = False, dtype: str = "float32"):
     g_ = geom
     LP = g_.L + 1
@@ -115,12 +143,7 @@ def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = Fals
 
     Dp = te.compute((g_.N, g_.DPLEN), dp, name="Dp")
 
-    def pix(n):
-        if g_.OWP:
-            return (n // g_.OWP) * (g_.sh * g_.Wp) + (n % g_.OWP) * g_.sw
-        return base[n]
-
-    P = te.compute((g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: Dp[b, off[g, k] + pix(n)], name="P")
+    P = gather_rows(g_, Dp, off, base, split_stride=not tc)
     C = _conv_gemm(g_, F, P, dtype)
 
     def epi(b, c, oh, ow):
