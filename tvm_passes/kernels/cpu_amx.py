@@ -27,32 +27,42 @@ from .lowering import ConvGeometry
 #: rows / columns of an output tile, and gather rows per tile product
 TILE = 16
 TILE_K = 64
-#: lowering_params of the AMX kernel: 16 filters x 16 pixels per tile, k blocks of whole tiles
-LOWERING = dict(TI=TILE, NV=TILE, kc_max=256, k_align=TILE_K, row_align=(16,), chunk_tiles=tuple(range(1, 17)))
+#: lowering_params of the AMX kernel: 16 pixels per tile, k blocks of whole tiles (TI: lowering_params)
+LOWERING = dict(NV=TILE, kc_max=256, k_align=TILE_K, row_align=(16,), chunk_tiles=tuple(range(1, 17)))
 
 
-def _tile_config_words():
-    """ldtilecfg's 64 bytes as 8 little-endian uint64: palette 1; tiles 0-2 of 16 rows x 64 bytes."""
-    cols = sum(TILE_K << (16 * t) for t in range(3))  # bytes 16..21: colsb of tiles 0, 1, 2 (uint16)
-    rows = sum(TILE << (8 * t) for t in range(3))  # bytes 48..50: rows of tiles 0, 1, 2
-    return [1, 0, cols, 0, 0, 0, rows, 0]
+def lowering_params(Tg: int) -> dict:
+    """32 filters (two accumulator tiles sharing each input tile) where they divide the group's
+    outputs, else 16."""
+    return {**LOWERING, "TI": 2 * TILE if Tg % (2 * TILE) == 0 else TILE}
 
 
-def _amx_funcs(m: int, scope: str):
-    """desc / impl of C[16, 16] (int32, ``scope``) += A[16, 64 m] (int8 filters) x B[16 m, 16, 4]
-    (uint8 interleaved inputs), m tile products."""
-    w = _tile_config_words()
+def _tile_config_words(a: int):
+    """ldtilecfg's 64 bytes as 8 little-endian uint64: palette 1; 2 a + 1 tiles of 16 rows x 64 bytes
+    (a accumulators, a filter tiles, one input tile)."""
+    n = 2 * a + 1
+    cols = [sum(TILE_K << (16 * (t - 4 * q)) for t in range(4 * q, min(n, 4 * q + 4))) for q in range(2)]
+    rows = sum(TILE << (8 * t) for t in range(n))  # bytes 48.. : rows of each tile
+    return [1, 0, cols[0], cols[1], 0, 0, rows, 0]
+
+
+def _amx_funcs(m: int, a: int, scope: str):
+    """desc / impl of C[16 a, 16] (int32, ``scope``) += A[16 a, 64 m] (int8 filters) x B[16 m, 16, 4]
+    (uint8 interleaved inputs): per k step one input tile is loaded and used by the a filter tiles
+    (tiles: accumulators 0 .. a-1, filters a .. 2a-1, input 2a)."""
+    w = _tile_config_words(a)
+    TA = TILE * a
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    def desc(ha: T.handle, hb: T.handle, hc: T.handle) -> None:
         sa, sb, sc = T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (TILE, TILE_K * m), "int8", strides=[sa, 1], offset_factor=1)
-        B = T.match_buffer(b, (TILE * m, TILE, K_LANE), "uint8", strides=[sb, K_LANE, 1], offset_factor=1)
-        C = T.match_buffer(c, (TILE, TILE), "int32", strides=[sc, 1], offset_factor=1, scope=scope)
+        A = T.match_buffer(ha, (TA, TILE_K * m), "int8", strides=[sa, 1], offset_factor=1)
+        B = T.match_buffer(hb, (TILE * m, TILE, K_LANE), "uint8", strides=[sb, K_LANE, 1], offset_factor=1)
+        C = T.match_buffer(hc, (TA, TILE), "int32", strides=[sc, 1], offset_factor=1, scope=scope)
         with T.sblock("root"):
-            T.reads(C[0:TILE, 0:TILE], B[0 : TILE * m, 0:TILE, 0:K_LANE], A[0:TILE, 0 : TILE_K * m])
-            T.writes(C[0:TILE, 0:TILE])
-            for t, n, k4, kj in T.grid(TILE, TILE, TILE * m, K_LANE):
+            T.reads(C[0:TA, 0:TILE], B[0 : TILE * m, 0:TILE, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
+            T.writes(C[0:TA, 0:TILE])
+            for t, n, k4, kj in T.grid(TA, TILE, TILE * m, K_LANE):
                 with T.sblock("update"):
                     vt, vn, vk4, vkj = T.axis.remap("SSRR", [t, n, k4, kj])
                     # operands in the order the conv's block reads them (inputs, then filters)
@@ -61,49 +71,69 @@ def _amx_funcs(m: int, scope: str):
                     )
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    def impl(ha: T.handle, hb: T.handle, hc: T.handle) -> None:
         sa, sb, sc = T.int32(), T.int32(), T.int32()
-        A = T.match_buffer(a, (TILE, TILE_K * m), "int8", strides=[sa, 1], offset_factor=1)
-        B = T.match_buffer(b, (TILE * m, TILE, K_LANE), "uint8", strides=[sb, K_LANE, 1], offset_factor=1)
-        C = T.match_buffer(c, (TILE, TILE), "int32", strides=[sc, 1], offset_factor=1, scope=scope)
+        A = T.match_buffer(ha, (TA, TILE_K * m), "int8", strides=[sa, 1], offset_factor=1)
+        B = T.match_buffer(hb, (TILE * m, TILE, K_LANE), "uint8", strides=[sb, K_LANE, 1], offset_factor=1)
+        C = T.match_buffer(hc, (TA, TILE), "int32", strides=[sc, 1], offset_factor=1, scope=scope)
         with T.sblock("root"):
-            T.reads(C[0:TILE, 0:TILE], B[0 : TILE * m, 0:TILE, 0:K_LANE], A[0:TILE, 0 : TILE_K * m])
-            T.writes(C[0:TILE, 0:TILE])
+            T.reads(C[0:TA, 0:TILE], B[0 : TILE * m, 0:TILE, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
+            T.writes(C[0:TA, 0:TILE])
             cfg = T.alloc_buffer((8,), "uint64", scope="local")
             for i in range(8):
                 cfg[i] = T.uint64(0)
             cfg[0] = T.uint64(w[0])
             cfg[2] = T.uint64(w[2])
+            cfg[3] = T.uint64(w[3])
             cfg[6] = T.uint64(w[6])
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(cfg[0])))
-            T.evaluate(
-                T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(0), T.address_of(C[0, 0]), T.int64(sc) * 4)
-            )
+            for q in T.unroll(a):  # unrolled: tile numbers are immediates
+                T.evaluate(
+                    T.call_llvm_intrin(
+                        "void", "llvm.x86.tileloadd64", T.Cast("int8", q), T.address_of(C[TILE * q, 0]), T.int64(sc) * 4
+                    )
+                )
             for i in range(m):
                 T.evaluate(
                     T.call_llvm_intrin(
-                        "void", "llvm.x86.tileloadd64", T.int8(1), T.address_of(A[0, TILE_K * i]), T.int64(sa)
+                        "void", "llvm.x86.tileloadd64", T.int8(2 * a), T.address_of(B[TILE * i, 0, 0]), T.int64(sb)
                     )
                 )
+                for q in T.unroll(a):
+                    T.evaluate(
+                        T.call_llvm_intrin(
+                            "void",
+                            "llvm.x86.tileloadd64",
+                            T.Cast("int8", a + q),
+                            T.address_of(A[TILE * q, TILE_K * i]),
+                            T.int64(sa),
+                        )
+                    )
+                    T.evaluate(
+                        T.call_llvm_intrin(
+                            "void", "llvm.x86.tdpbsud", T.Cast("int8", q), T.Cast("int8", a + q), T.int8(2 * a)
+                        )
+                    )
+            for q in T.unroll(a):
                 T.evaluate(
                     T.call_llvm_intrin(
-                        "void", "llvm.x86.tileloadd64", T.int8(2), T.address_of(B[TILE * i, 0, 0]), T.int64(sb)
+                        "void",
+                        "llvm.x86.tilestored64",
+                        T.Cast("int8", q),
+                        T.address_of(C[TILE * q, 0]),
+                        T.int64(sc) * 4,
                     )
                 )
-                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbsud", T.int8(0), T.int8(1), T.int8(2)))
-            T.evaluate(
-                T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(0), T.address_of(C[0, 0]), T.int64(sc) * 4)
-            )
 
     return desc, impl
 
 
-def _intrin(m: int, scope: str) -> str:
-    name = f"gbd_amx_{m}_{scope}"
+def _intrin(m: int, a: int, scope: str) -> str:
+    name = f"gbd_amx_{m}x{a}_{scope}"
     try:
         s_tir.TensorIntrin.get(name)
     except Exception:  # noqa: BLE001 - TVM raises a generic error for an unknown name
-        s_tir.TensorIntrin.register(name, *_amx_funcs(m, scope))
+        s_tir.TensorIntrin.register(name, *_amx_funcs(m, a, scope))
     return name
 
 
@@ -128,7 +158,7 @@ def schedule_conv_amx(func, geom: ConvGeometry, target):
         b, g, t, n, k4, kj = sch.get_loops(blk)
         no, nt, ni = sch.split(n, [None, geom.NTC, TILE])
         nts = [nt]
-    tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, TILE])
+    tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
     ko, ki = sch.split(k4, [None, geom.KC // K_LANE])
     sch.reorder(b, g, no, tp, ko, *nts, to, ti, ni, ki, kj)
     par = sch.fuse(b, g, no, tp)
@@ -142,5 +172,5 @@ def schedule_conv_amx(func, geom: ConvGeometry, target):
     _schedule_gather(sch, geom, ko)
     _schedule_quantized_copy(sch, geom)
     _schedule_epilogue(sch, geom, par if fused_epi else None)
-    sch.tensorize(ti, _intrin(geom.KC // TILE_K, "global" if fused_epi else "local"))
+    sch.tensorize(ti, _intrin(geom.KC // TILE_K, geom.TI // TILE, "global" if fused_epi else "local"))
     return sch.mod["main"]

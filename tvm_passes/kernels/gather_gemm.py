@@ -206,7 +206,8 @@ def conv2d_gather_gemm_int8(
         raise ValueError("dtype 'int8' has CPU (AVX-512 VNNI) kernels only")
     wq, w_scale = quantize_weight(weight)
     amx = has_amx(target)
-    lw = {**cpu.lowering_params(wq.shape[0] // groups), **(cpu_amx.LOWERING if amx else cpu_int8.LOWERING)}
+    Tg = wq.shape[0] // groups
+    lw = {**cpu.lowering_params(Tg), **(cpu_amx.lowering_params(Tg) if amx else cpu_int8.LOWERING)}
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
     data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
     geom, F, live, off, base = lower_conv(data_shape, wq.astype(np.float32), **kw, **lw)
