@@ -158,3 +158,29 @@ def test_conv_without_range_stays_float32_with_warning(small_net):
         mod = GroupSparseConv(make_target("llvm"), dtype="int8", quant=quant)(imp.mod)
     dtypes = {r["name"]: r["compute_dtype"] for r in collect_records(imp.mod, mod)[0] if r["op"] == "conv2d"}
     assert dtypes == {"c1": "int8", "c2": "float32", "c3": "float32"}
+
+
+def test_loader_refuses_amx_artifact_without_permission(tmp_path, small_net, monkeypatch):
+    """An artifact whose int8 kernels use AMX tiles is refused, with one line, in a process that
+    cannot get the tile state (it would die with SIGILL on the first tile instruction)."""
+    from tvm_passes.artifact import loader
+    from tvm_passes.errors import ArtifactError
+
+    cal = torch.randn(8, 1, 14, 14).numpy()
+    man = export_model(small_net, torch.randn(2, 1, 14, 14), "llvm", tmp_path / "a", dtype="int8", calibration=cal)
+    monkeypatch.setattr(loader, "request_amx", lambda: False)
+    if "+amx-int8" in man["target"].get("mattr", []):
+        with pytest.raises(ArtifactError, match="int8 kernels use Intel AMX tiles"):
+            loader.load(tmp_path / "a")
+    else:  # a VNNI-only machine: nothing to refuse
+        assert loader.load(tmp_path / "a")(cal[:2]).shape == (2, 10)
+
+
+def test_calibration_set_command(tmp_path):
+    from lightning_gbd.app.calibration import calibration_command
+
+    out = tmp_path / "cal.npy"
+    assert calibration_command(["recipes/lenet5_fmnist_gradual.yaml", "-n", "12", "--out", str(out)]) == 0
+    x = np.load(out)
+    assert x.shape == (12, 1, 28, 28) and x.dtype == np.float32 and x.std() > 0.1
+    assert calibration_command([str(tmp_path / "nope.yaml")]) == 2

@@ -35,6 +35,11 @@
 #include <string>
 #include <vector>
 
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace ffi = tvm::ffi;
 
 namespace {
@@ -97,6 +102,12 @@ int Run(const std::string& dir, const std::string& input_path) {
     throw std::runtime_error(input_path + ": " + std::to_string(raw.size()) + " bytes, expected float32 (N, C, H, W)" +
                              " with C*H*W = " + std::to_string(per_item) + " (the manifest's input shape)");
   }
+
+  // INT8 kernels built for Intel AMX tiles need the process's tile state from Linux first (the
+  // Python loader asks the same way); harmless where the CPU has none.
+#if defined(__linux__) && defined(__x86_64__)
+  syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */);
+#endif
 
   // model.so holds the compiled kernels and the VM executable; the VM comes from it.
   ffi::Module lib = ffi::Module::LoadFromFile(dir + "/model.so");

@@ -136,10 +136,12 @@ def load(out_dir, *, device=None, check_sha=True, threads=None) -> CompiledModel
 
 
 def _allow_amx(manifest, out_dir) -> None:
-    """An artifact built with AMX tiles needs the process's AMX permission before its first call."""
+    """An artifact whose int8 kernels were built for AMX tiles needs the process's AMX permission
+    before its first call (its float32 kernels use no tile instruction)."""
     mattr = (manifest.get("target") or {}).get("mattr") or []
-    if all(m in mattr for m in AMX_MATTR) and not request_amx():
-        raise ArtifactError(f"{out_dir}: built for Intel AMX tiles, which this CPU or OS does not allow")
+    int8 = any(c.get("compute_dtype") == "int8" for c in manifest.get("convs") or [])
+    if int8 and all(m in mattr for m in AMX_MATTR) and not request_amx():
+        raise ArtifactError(f"{out_dir}: its int8 kernels use Intel AMX tiles, which this CPU or OS does not allow")
 
 
 def _read_manifest(out_dir) -> tuple[dict, str]:
