@@ -226,6 +226,13 @@ def _schedule_epilogue(sch, geom: ConvGeometry, fused_at):
         if geom.OWP == 0:
             ew = sch.fuse(eh, ew)
         ext = geom.OH * geom.OW if geom.OWP == 0 else geom.OW
+    if ext > VECTOR_LANES and ext % VECTOR_LANES and ext <= MAX_VECTOR_ROW:
+        # whole 16-lane vectors, then the rest (a 56-pixel row: 3 x 16 + 8, was 7 x 8)
+        head, tail = sch.loop_partition(ew, [ext // VECTOR_LANES * VECTOR_LANES, None])
+        _, ev = sch.split(head, [None, VECTOR_LANES])
+        sch.vectorize(ev)
+        sch.vectorize(tail)
+        return
     for vw in (16, 8, 4):
         if ext % vw == 0:
             _, ev = sch.split(ew, [None, vw])

@@ -142,12 +142,9 @@ def conv_te_int8(
     res = te.placeholder((g_.N, g_.T, g_.OH, g_.OW), "float32", name="res") if has_res else None
     inv_s, zp = tirx.const(1.0 / x_scale, "float32"), tirx.const(int(x_zero), "int32")
 
-    # the float padded copy of the float32 kernel, then quantized: both are contiguous vector
-    # loops per row (quantizing inside the clamped gather made LLVM scalarize the row)
-    Df = te.compute((g_.N, g_.DPLEN), lambda b, f: padded_value(g_, data, live, b, f), name="Df")
-
-    def quant(b, f):
-        return tirx.max(tirx.min(tirx.nearbyint(Df[b, f] * inv_s).astype("int32") + zp, 255), 0).astype("uint8")
+    def quant(b, f):  # the float32 kernel's padded value, quantized (padding: q(0) = z)
+        x = padded_value(g_, data, live, b, f)
+        return tirx.max(tirx.min(tirx.nearbyint(x * inv_s).astype("int32") + zp, 255), 0).astype("uint8")
 
     Dp = te.compute((g_.N, g_.DPLEN), quant, name="Dp")
 
@@ -247,21 +244,17 @@ def _schedule_gather(sch, geom: ConvGeometry, ko):
 
 
 def _schedule_quantized_copy(sch, geom: ConvGeometry):
-    """Per padded row (parallel over images x maps): the float row (clamped loads, masked), then its
-    quantization, each one vector loop; the float row stays in L1."""
+    """Per padded row (parallel over images x maps): the row partitioned as the float32 copy's
+    (cpu.partition_row), so the input's columns are a contiguous vector load, scale, round and pack."""
     dblk = sch.get_sblock("Dp")
     HW = geom.Hp * geom.Wp
     if geom.Hp == 1:
         sch.transform_block_layout(dblk, lambda b, f: (b, f // geom.Wp, f % geom.Wp))
         db, dl, dw = sch.get_loops(dblk)
-        row = dl
     else:
         sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
-        db, dl, row, dw = sch.get_loops(dblk)
+        db, dl, _, dw = sch.get_loops(dblk)
     sch.parallel(sch.fuse(db, dl))
-    fblk = sch.get_sblock("Df")
-    sch.compute_at(fblk, row)
     if geom.Wp <= MAX_VECTOR_ROW:
-        sch.vectorize(dw)
-        for loop in partition_row(sch, sch.get_loops(fblk)[-1], geom):
+        for loop in partition_row(sch, dw, geom):
             sch.vectorize(loop)
