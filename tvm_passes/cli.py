@@ -59,7 +59,7 @@ def build_parser():
         "--batch",
         type=_batch,
         default=None,
-        help="'dynamic': kernels for any batch at run time (within 2%% of a fixed batch on ResNet-18, see README); "
+        help="'dynamic': kernels for any batch at run time (within 3%% of a fixed batch on ResNet-18, see README); "
         "or a number: that batch (default: the .pt2's example input)",
     )
     p.add_argument("--dense", action="store_true", help="force every conv to the dense kernel path")
