@@ -249,8 +249,18 @@ def main(argv=None) -> int:
     except Skipped as e:
         res, code = {"skipped": str(e)}, 0
     except Exception as e:
-        tb = traceback.format_exc().strip().splitlines()
-        res, code = {"error": f"{type(e).__name__}: {e}"[:2000], "traceback": tb[-12:]}, 1
+        res, code = error_result(e), 1
+    return reply(res, code)
+
+
+def error_result(e) -> dict:
+    """A worker's failure as its result: the exception and the end of its traceback."""
+    tb = traceback.format_exc().strip().splitlines()
+    return {"error": f"{type(e).__name__}: {e}"[:2000], "traceback": tb[-12:]}
+
+
+def reply(res: dict, code: int) -> int:
+    """The result as the last stdout line, which the parent parses (peers.run_worker)."""
     sys.stdout.flush()
     print("\n" + json.dumps(res), flush=True)
     return code

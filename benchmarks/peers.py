@@ -64,13 +64,10 @@ LABEL = {
 RUNTIME_ONLY = {"cli.py", "bench.py", "bench_peers.py", "run.py", "threads.py", os.path.join("artifact", "loader.py")}
 
 
-def parse(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--densities", default="1.0,0.3,0.1")
-    ap.add_argument("--batches", default="1,32")
+def add_run_args(ap, engines):
+    """The options of how cases are run and timed, shared with peers_int8.py."""
     ap.add_argument("--vgg-batch", type=int, default=8, help="VGG-16 batch used instead of 32")
-    ap.add_argument("--only-engines", default=",".join(ENGINES), help=f"subset of {','.join(ENGINES)}")
+    ap.add_argument("--only-engines", default=",".join(engines), help=f"subset of {','.join(engines)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7, help="timing rounds per engine (each ~--sample-ms of calls)")
     ap.add_argument("--sample-ms", type=float, default=200.0)
@@ -86,9 +83,17 @@ def parse(argv=None):
     )
     ap.add_argument("--retries", type=int, default=2, help="extra processes for a contended engine")
     ap.add_argument("--retry-pause", type=float, default=10.0, help="seconds before re-running a contended engine")
-    ap.add_argument("--tol", type=float, default=1e-3, help="flag outputs whose relative error exceeds this")
     ap.add_argument("--peers-python", default=os.path.join(common.ROOT, ".venv-peers", "bin", "python"))
     ap.add_argument("--worker-timeout", type=float, default=1200.0, help="seconds before a worker is killed")
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--densities", default="1.0,0.3,0.1")
+    ap.add_argument("--batches", default="1,32")
+    add_run_args(ap, ENGINES)
+    ap.add_argument("--tol", type=float, default=1e-3, help="flag outputs whose relative error exceeds this")
     ap.add_argument("--rebuild", action="store_true", help="re-export the ONNX files and our artifacts")
     ap.add_argument("--report", action="store_true", help="no runs: write the md and png again from --out")
     ap.add_argument("--out", default=os.path.join(common.RESULTS, "peers.json"))

@@ -93,31 +93,13 @@ def parse(argv=None):
     ap.add_argument("--models", default="resnet18,vgg16")
     ap.add_argument("--densities", default="0.3")
     ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--vgg-batch", type=int, default=8, help="VGG-16 batch used instead of 32")
-    ap.add_argument("--only-engines", default=",".join(ENGINES), help=f"subset of {','.join(ENGINES)}")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=7, help="timing rounds per engine (each ~--sample-ms of calls)")
-    ap.add_argument("--sample-ms", type=float, default=200.0)
-    ap.add_argument("--budget", type=float, default=20.0, help="max seconds of timing per engine and case")
-    ap.add_argument(
-        "--processes", type=int, default=1, help="fresh processes per engine and case; the lowest median is kept"
-    )
-    ap.add_argument(
-        "--contended",
-        type=float,
-        default=0.25,
-        help="a worker whose timing ran beside more than this many cores of other load is re-run",
-    )
-    ap.add_argument("--retries", type=int, default=2, help="extra processes for a contended engine")
-    ap.add_argument("--retry-pause", type=float, default=10.0, help="seconds before re-running a contended engine")
+    peers.add_run_args(ap, ENGINES)
     ap.add_argument("--tol", type=float, default=0.1, help="flag outputs whose relative error exceeds this")
-    ap.add_argument("--peers-python", default=os.path.join(common.ROOT, ".venv-peers", "bin", "python"))
     ap.add_argument(
         "--quant-python",
         default=os.path.join(common.ROOT, ".venv-peers", "quant", "bin", "python"),
         help="python with onnxruntime's quantization tool (benchmarks/requirements-peers-quant.txt)",
     )
-    ap.add_argument("--worker-timeout", type=float, default=1200.0, help="seconds before a worker is killed")
     ap.add_argument(
         "--quantize-timeout", type=float, default=3600.0, help="seconds before a peer quantization is killed"
     )
@@ -319,9 +301,9 @@ def quantize_ov(src, out, cal):
 
 def quantize_main(spec_json):
     """``python -m benchmarks.peers_int8 --quantize SPEC``: one peer quantization; prints one JSON line."""
-    import traceback
-
     import numpy as np
+
+    from benchmarks import peer_worker  # stdlib only: importable by the quantization venv
 
     spec = json.loads(spec_json)
     t0 = time.time()
@@ -333,11 +315,8 @@ def quantize_main(spec_json):
     except ImportError as e:
         res, code = {"skipped": f"not importable by {sys.executable}: {e}"}, 0
     except Exception as e:
-        tb = traceback.format_exc().strip().splitlines()
-        res, code = {"error": f"{type(e).__name__}: {e}"[:2000], "traceback": tb[-12:]}, 1
-    sys.stdout.flush()
-    print("\n" + json.dumps(res), flush=True)
-    return code
+        res, code = peer_worker.error_result(e), 1
+    return peer_worker.reply(res, code)
 
 
 def run_quantizer(python, spec, threads, timeout):

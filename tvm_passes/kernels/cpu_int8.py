@@ -25,12 +25,11 @@ from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 
 from .cpu import (
-    MAX_VECTOR_ROW,
     VECTOR_LANES,
     _num_threads,
     _schedule_epilogue,
+    _schedule_padded_copy,
     choose_t_split,
-    partition_row,
     schedule_row_gather,
 )
 from .lowering import ConvGeometry
@@ -223,7 +222,7 @@ def schedule_conv_int8(func, geom: ConvGeometry, target):
     if not fused_epi:
         sch.vectorize(sch.get_loops(acc)[-1])
     _schedule_gather(sch, geom, ko)
-    _schedule_quantized_copy(sch, geom)
+    _schedule_padded_copy(sch, geom)  # the float32 copy's schedule: the same rows, quantized
     _schedule_epilogue(sch, geom, par if fused_epi else None)
     sch.tensorize(nvi, f"{VNNI_INTRIN}_{'global' if fused_epi else 'local'}")  # last: it replaces the block
     return sch.mod["main"]
@@ -241,20 +240,3 @@ def _schedule_gather(sch, geom: ConvGeometry, ko):
     nlo, nli = sch.split(nl, [None, 16])
     sch.reorder(k4l, nlo, nli, jl)
     sch.tensorize(nli, INTERLEAVE_INTRIN)
-
-
-def _schedule_quantized_copy(sch, geom: ConvGeometry):
-    """Per padded row (parallel over images x maps): the row partitioned as the float32 copy's
-    (cpu.partition_row), so the input's columns are a contiguous vector load, scale, round and pack."""
-    dblk = sch.get_sblock("Dp")
-    HW = geom.Hp * geom.Wp
-    if geom.Hp == 1:
-        sch.transform_block_layout(dblk, lambda b, f: (b, f // geom.Wp, f % geom.Wp))
-        db, dl, dw = sch.get_loops(dblk)
-    else:
-        sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
-        db, dl, _, dw = sch.get_loops(dblk)
-    sch.parallel(sch.fuse(db, dl))
-    if geom.Wp <= MAX_VECTOR_ROW:
-        for loop in partition_row(sch, dw, geom):
-            sch.vectorize(loop)

@@ -105,6 +105,16 @@ def build_context(target):
     return tvm.transform.PassContext(opt_level=cur.opt_level, config=cfg, disabled_pass=list(cur.disabled_pass))
 
 
+def _lower_cpu(data_shape, weight, kw, lw, target):
+    """lower_conv for the CPU schedules: with the filter rows padded so that the t-chunks of
+    cpu.choose_t_split divide evenly."""
+    lowered = lower_conv(data_shape, weight, **kw, **lw)
+    tpo = cpu.choose_t_split(lowered[0], cpu._num_threads(target))
+    if lowered[0].TO % tpo:
+        lowered = lower_conv(data_shape, weight, **kw, **lw, to_multiple=tpo)
+    return lowered
+
+
 def conv2d_gather_gemm(
     data_shape,
     weight,
@@ -154,11 +164,10 @@ def conv2d_gather_gemm(
         lw = cpu.lowering_params(weight.shape[0] // groups)
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
     data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
-    geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw)
-    if not gpu:
-        tpo = cpu.choose_t_split(geom, cpu._num_threads(target))
-        if geom.TO % tpo:  # pad the filter rows so the t-chunks divide evenly
-            geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw, to_multiple=tpo)
+    if gpu:
+        geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw)
+    else:
+        geom, F, live, off, base = _lower_cpu(data_shape, weight, kw, lw, target)
     if tc:  # [G, TO, KP, TI] -> [G, TP, KP], rows of the filter matrix in the operand type
         F = operand_array(F.transpose(0, 1, 3, 2).reshape(geom.G, geom.TO * geom.TI, geom.KP), dtype)
     consts = [F, live, off] + ([] if geom.OWP else [base])
@@ -193,7 +202,8 @@ def conv2d_gather_gemm_int8(
     dense=False,
     target,
 ):
-    """The INT8 gather-GEMM of ``cpu_int8`` (AVX-512 VNNI; docs/formulas.md section 5): same
+    """The INT8 gather-GEMM (docs/formulas.md section 5) of ``cpu_amx`` on a target with AMX, else of
+    ``cpu_int8`` (AVX-512 VNNI): same
     arguments and PrimFunc conventions as conv2d_gather_gemm, plus the input's uint8 scale and
     zero point (``lightning_gbd.core.quant.activation_params``).  The weight is quantized here,
     symmetric per output channel (formula 5.1); GBD groups that are zero stay zero, so the gather
@@ -210,10 +220,7 @@ def conv2d_gather_gemm_int8(
     lw = {**cpu.lowering_params(Tg), **(cpu_amx.lowering_params(Tg) if amx else cpu_int8.LOWERING)}
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
     data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
-    geom, F, live, off, base = lower_conv(data_shape, wq.astype(np.float32), **kw, **lw)
-    tpo = cpu.choose_t_split(geom, cpu._num_threads(target))
-    if geom.TO % tpo:
-        geom, F, live, off, base = lower_conv(data_shape, wq.astype(np.float32), **kw, **lw, to_multiple=tpo)
+    geom, F, live, off, base = _lower_cpu(data_shape, wq.astype(np.float32), kw, lw, target)
     G, TO, KP, TI = F.shape
     if amx:  # [G, TO, KP, TI] -> [G, TO * TI, KP]: one row of gather-row bytes per filter
         Fq = F.transpose(0, 1, 3, 2).reshape(G, TO * TI, KP)
