@@ -95,14 +95,15 @@ def padded_value(g_: ConvGeometry, data, live, b, f):
 
 def strided_rows(g_: ConvGeometry) -> bool:
     """Whether the CPU gather copies stride-2 rows whole first (stage "P2"), then takes every other
-    element with a shuffle (cpu.schedule_row_gather): a strided vector load is 16 scalar loads."""
+    element with a shuffle (cpu.schedule_row_gather): a strided vector load is 16 scalar loads.
+    Row-aligned pixel numbering (OWP > 0) is a CPU lowering choice; the CUDA ones never make it."""
     return bool(g_.OWP) and g_.sw == 2 and g_.ROWV == 16
 
 
-def gather_rows(g_: ConvGeometry, Dp, off, base, split_stride: bool = True):
+def gather_rows(g_: ConvGeometry, Dp, off, base):
     """Stage "P": P[b, g, k, n] = Dp[b, off[g, k] + pix(n)], the gathered rows (formula 1.18);
-    through stage "P2" (whole input rows, contiguous) when ``strided_rows`` and ``split_stride``."""
-    if split_stride and strided_rows(g_):
+    through stage "P2" (whole input rows, contiguous) when ``strided_rows``."""
+    if strided_rows(g_):
         rows, width = g_.NP // g_.OWP, 2 * g_.OWP - 1
         P2 = te.compute(
             (g_.N, g_.G, g_.KP, rows, width),
@@ -143,7 +144,7 @@ def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = Fals
 
     Dp = te.compute((g_.N, g_.DPLEN), dp, name="Dp")
 
-    P = gather_rows(g_, Dp, off, base, split_stride=not tc)
+    P = gather_rows(g_, Dp, off, base)
     C = _conv_gemm(g_, F, P, dtype)
 
     def epi(b, c, oh, ow):
