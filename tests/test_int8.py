@@ -143,6 +143,10 @@ def test_int8_bad_input_one_line_errors(tmp_path, small_net):
     np.save(tmp_path / "f64.npy", np.zeros((8, 1, 14, 14)))
     with pytest.raises(ExportError, match="float64; the model takes float32"):
         export_model(small_net, x, "llvm", tmp_path / "a", dtype="int8", calibration=str(tmp_path / "f64.npy"))
+    with pytest.raises(ExportError, match=r"calibration array: calibration inputs of shape \[8, 3, 14, 14\]"):
+        export_model(
+            small_net, x, "llvm", tmp_path / "a", dtype="int8", calibration=np.zeros((8, 3, 14, 14), np.float32)
+        )
     with pytest.raises(ExportError, match="no calibration.npy in this run directory"):
         export_model(small_net, x, "llvm", tmp_path / "a", dtype="int8", calibration=str(tmp_path))
 

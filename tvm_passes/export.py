@@ -230,11 +230,9 @@ def _calibrate(src, dtype, calibration, method):
         raise ExportError("--dtype int8 needs calibration inputs: --calibration FILE.npy or a run directory")
     if not hasattr(src.program, "graph_signature"):
         raise ExportError("--dtype int8 is for .pt2 / PyTorch models; an ONNX model cannot be calibrated here yet")
-    import numpy as np
-
     from .frontend.calibrate import calibrate, load_calibration
 
-    inputs = calibration if isinstance(calibration, np.ndarray) else load_calibration(calibration, src.shape)
+    inputs = load_calibration(calibration, src.shape)
     batch = 32 if src.dynamic else src.shape[0]
     return calibrate(src.program, inputs, method, batch=batch, fixed_batch=not src.dynamic), inputs
 

@@ -25,8 +25,10 @@ from .program import conv_nodes
 
 
 def load_calibration(source, input_shape, dtype="float32") -> np.ndarray:
-    """The calibration inputs of SOURCE, checked against the model's input (C, H, W) and dtype;
-    one-line ``ExportError`` otherwise."""
+    """The calibration inputs of SOURCE (an array, a ``.npy`` or a run directory), checked against
+    the model's input (C, H, W) and dtype; one-line ``ExportError`` otherwise."""
+    if isinstance(source, np.ndarray):
+        return _checked(source, "calibration array", input_shape, dtype)
     path = str(source)
     if os.path.isdir(path):
         path = os.path.join(path, RUN_CALIBRATION)
@@ -40,6 +42,10 @@ def load_calibration(source, input_shape, dtype="float32") -> np.ndarray:
         x = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise ExportError(f"{path}: not a .npy array ({str(exc).splitlines()[0][:120]})") from None
+    return _checked(x, path, input_shape, dtype)
+
+
+def _checked(x, path, input_shape, dtype) -> np.ndarray:
     want = tuple(int(v) for v in input_shape[1:])
     if x.ndim != len(input_shape) or tuple(x.shape[1:]) != want:
         raise ExportError(
