@@ -85,6 +85,31 @@ def test_int8_kernel_matches_fake_quant_conv(case, target):
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
 
 
+@pytest.mark.parametrize("target", [LLVM, pytest.param(AMX, marks=needs_amx)], ids=["vnni", "amx"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3], CASES[6]], ids=lambda c: f"C{c[1]}k{c[5][0]}s{c[6][0]}")
+def test_int8_kernel_carries_uint8(case, target):
+    """uint8 in (padded with z), uint8 residual dequantized, uint8 out quantized for the next conv:
+    the fake-quant conv of the same uint8 values, requantized, within one step of rounding."""
+    N, C, H, W, T, k, stride, pad, dil, groups, density, _, res = case
+    rng = np.random.default_rng(7)
+    s, z = 0.02, 9  # padding must read the zero point, not 0
+    xq = rng.integers(0, 256, (N, C, H, W)).astype(np.uint8)
+    w = gbd_weight(T, C // groups, *k, density, groups=groups, seed=3, dead_maps=(1,))
+    b = rng.standard_normal(T).astype(np.float32)
+    OH, OW = conv_output_size(H, W, *k, stride, pad, dil)
+    rq, res_q, out_q = rng.integers(0, 256, (N, T, OH, OW)).astype(np.uint8), (0.05, 3), (0.04, 5)
+    func, consts = conv2d_gather_gemm_int8(
+        xq.shape, w, b, x_scale=s, x_zero=z, stride=stride, padding=pad, dilation=dil, groups=groups,
+        relu=True, residual=res, target=target, in_u8=True, out_q=out_q, res_q=res_q if res else None,
+    )  # fmt: skip
+    out = run_llvm(func, [xq, *consts] + ([rq] if res else []), (N, T, OH, OW), target, out_dtype="uint8")
+    x = s * (xq.astype(np.float32) - z)
+    ref = ref_conv(x, fake_quant_weight(w), b, stride, pad, dil, groups, False)
+    ref = np.maximum(ref + (res_q[0] * (rq.astype(np.float32) - res_q[1]) if res else 0), 0)
+    assert out.dtype == np.uint8
+    assert np.abs(out.astype(np.int32) - quantize_activation(ref, *out_q)).max() <= 1
+
+
 class SmallNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -131,6 +156,40 @@ def test_int8_export_end_to_end(tmp_path, small_net):
     assert convs["c1"]["input_zero_point"] > 0 and convs["c2"]["input_zero_point"] == 0  # signed / post-ReLU
     assert all(0 < c["weight_rel_error"] < 0.02 and c["input_rel_error"] < 0.05 for c in convs.values())
     assert convs["c2"]["fused_residual"]
+
+
+class CarryNet(torch.nn.Module):
+    """stem -> BN -> ReLU -> max-pool -> a ResNet block -> a strided conv -> mean -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = torch.nn.Conv2d(1, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)
+        self.a, self.b = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head, self.fc = torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = torch.nn.functional.max_pool2d(torch.relu(self.bn(self.stem(x))), 3, 2, 1)
+        z = torch.relu(self.b(torch.relu(self.a(y))) + y)
+        return self.fc(torch.relu(self.head(z)).mean((2, 3)))
+
+
+def test_int8_carries_uint8_between_convs(tmp_path):
+    """Tensors read only by int8 convs (as data or residual) or by a max-pool between them are
+    uint8 (formula 5.6); the head's output feeds a mean and stays float32.  Verified against the
+    fake-quant model whose residual operand is quantized like the carried tensor."""
+    torch.manual_seed(0)
+    net = CarryNet().eval()
+    cal = torch.randn(16, 1, 20, 20).numpy()
+    man = export_model(net, torch.randn(8, 1, 20, 20), "llvm", tmp_path / "a", dtype="int8", calibration=cal)
+    convs = {c["name"]: (c.get("input_dtype"), c.get("output_dtype"), c.get("residual_dtype")) for c in man["convs"]}
+    assert convs == {
+        "stem": ("float32", "uint8", None),
+        "a": ("uint8", "uint8", None),
+        "b": ("uint8", "uint8", "uint8"),
+        "head": ("uint8", "float32", None),
+    }
+    ver = man["verification"]
+    assert ver["passed"] and ver["max_relative_error"] < 1e-4 < ver["relative_error_vs_float32"]
 
 
 def test_int8_bad_input_one_line_errors(tmp_path, small_net):

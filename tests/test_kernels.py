@@ -51,11 +51,12 @@ def ref_conv(x, w, b, stride, padding, dilation, groups, relu):
     return (y.relu() if relu else y).numpy()
 
 
-def run_llvm(func, inputs, out_shape, target=LLVM):
+def run_llvm(func, inputs, out_shape, target=LLVM, out_dtype="float32"):
     lib = compile_kernel(func, target)
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
-    out = tvm.runtime.tensor(np.full(out_shape, np.nan, np.float32), dev)
+    fill = np.nan if out_dtype == "float32" else 77  # what a kernel failing to write leaves
+    out = tvm.runtime.tensor(np.full(out_shape, fill, out_dtype), dev)
     lib(*args, out)
     return out.numpy()
 
@@ -307,3 +308,32 @@ def test_dense_cuda_numerics():
     out = tvm.runtime.tensor(np.zeros((5, 70), np.float32), dev)
     lib(*args, out)
     assert rel_err(out.numpy(), np.maximum(x @ w.T + b, 0)) <= TOL
+
+
+@pytest.mark.parametrize(
+    "shape,k,s,p,dtype",
+    [
+        ((2, 5, 40, 40), 3, 2, 1, "float32"),  # ResNet's stem pooling: rows of 16-blocks plus a rest
+        ((2, 5, 40, 40), 3, 2, 1, "uint8"),
+        ((1, 3, 13, 10), 2, 2, 0, "float32"),  # VGG's, odd sizes
+        ((1, 3, 14, 14), 3, 1, 1, "uint8"),
+        ((1, 4, 30, 37), 3, 2, 1, "float32"),
+    ],
+)
+def test_max_pool_kernel_matches_torch(shape, k, s, p, dtype):
+    from tvm_passes.kernels import max_pool2d
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, shape).astype(dtype) if dtype == "uint8" else rng.standard_normal(shape).astype(dtype)
+    ref = torch.nn.functional.max_pool2d(torch.from_numpy(x.astype(np.float32)), k, s, p).numpy()
+    lib = compile_kernel(max_pool2d(shape, (k, k), (s, s), (p,) * 4, dtype), LLVM)
+    out = tvm.runtime.tensor(np.zeros(ref.shape, dtype))
+    lib(tvm.runtime.tensor(x), out)
+    assert np.array_equal(out.numpy().astype(np.float32), ref)
+
+
+def test_max_pool_kernel_refuses_windows_outside_the_input():
+    from tvm_passes.kernels import max_pool2d
+
+    with pytest.raises(ValueError, match="leaves windows outside the input"):
+        max_pool2d((1, 1, 8, 8), (2, 2), (2, 2), (2, 2, 2, 2))

@@ -243,7 +243,8 @@ def _fake_quant_source(src, quant, records, inputs):
     from .frontend.calibrate import fake_quant_reference
 
     int8 = [r["name"] for r in records if r.get("compute_dtype") == "int8"]
-    ref = fake_quant_reference(src.program, quant, int8)
+    res_u8 = [r["name"] for r in records if r.get("residual_dtype") == "uint8"]
+    ref = fake_quant_reference(src.program, quant, int8, res_u8)
     verify = lambda out_dir, s, dtype, tol: verify_artifact(
         out_dir, src.program, s, dtype=dtype, tol=tol, reference=ref, inputs=inputs
     )

@@ -3,8 +3,9 @@
 Order (paper 000 section 3 / docs/formulas.md section 1 for the two GBD passes):
 import (BN folded, constants folded, layers named) -> dead input maps removed (pass 2) ->
 optional low-rank decomposition -> conv / linear to kernel-library call_tir (pass 1, cost model
-per conv) -> LegalizeOps + fusion of the rest -> generic schedules (or a meta_schedule
-database) -> ``tvm.compile``.  The per-layer records are read off the result by one analysis.
+per conv; int8: uint8 tensors between the convs) -> max-pools to the library's kernel (CPU) ->
+LegalizeOps + fusion of the rest -> generic schedules (or a meta_schedule database) ->
+``tvm.compile``.  The per-layer records are read off the result by one analysis.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tvm import relax
 
 from .frontend import ImportResult, import_program
 from .kernels import build_context
-from .passes import DeadChannels, GroupSparseConv, LowRankConv, collect_records
+from .passes import DeadChannels, GroupSparseConv, LowRankConv, MaxPoolKernel, collect_records
 from .schedules import apply_generic_schedules, unscheduled_funcs
 
 
@@ -43,6 +44,7 @@ def gbd_passes(target, *, sparse=True, decompose_error=None, dtype="float32", qu
     if decompose_error is not None:
         passes.append(LowRankConv(decompose_error))
     passes.append(GroupSparseConv(target, sparse=sparse, dtype=dtype, quant=quant))
+    passes.append(MaxPoolKernel(target))
     return tvm.transform.Sequential(passes, name="GBDPasses")
 
 

@@ -106,12 +106,14 @@ def calibrate(ep, inputs: np.ndarray, method: str = "percentile", batch: int = 3
     return out
 
 
-def fake_quant_reference(ep, quant: dict, int8_layers=None):
+def fake_quant_reference(ep, quant: dict, int8_layers=None, residual_u8=()):
     """The float model with each int8 conv's input and weight replaced by what the int8 kernel
     computes with (formulas 5.1-5.2): the reference the INT8 export is verified against.  Weights
     are quantized before a following batch norm is folded: per-channel symmetric quantization
     commutes with the fold's per-channel scaling, so this equals quantizing the folded weight.
-    ``int8_layers``: the conv names that were built in int8 (default: all of ``quant``)."""
+    ``int8_layers``: the conv names that were built in int8 (default: all of ``quant``).
+    ``residual_u8``: the convs whose residual input the export carries as uint8 (formula 5.6):
+    the operand of their residual add is quantized as the int8 conv that also reads it does."""
     import torch
 
     from lightning_gbd.core.quant import fake_quant_weight
@@ -119,19 +121,51 @@ def fake_quant_reference(ep, quant: dict, int8_layers=None):
     names = set(quant if int8_layers is None else int8_layers)
     by_node = {node.name: name for name, node in conv_nodes(ep) if name in names}
     gm = ep.module()
+    res_q = _residual_params(gm, by_node, quant, set(residual_u8))
+
+    def fq(t, q):
+        return torch.from_numpy(fake_quant_activation(t.numpy(), q["scale"], q["zero"]))
 
     class FakeQuant(torch.fx.Interpreter):
         def run_node(self, n):
+            if n.op == "call_function" and n.name in res_q:
+                args, kwargs = self.fetch_args_kwargs_from_env(n)
+                i, q = res_q[n.name]
+                args = list(args)
+                args[i] = fq(args[i], q)
+                return n.target(*args, **kwargs)
             if n.op != "call_function" or n.name not in by_node:
                 return super().run_node(n)
-            q = quant[by_node[n.name]]
             args, kwargs = self.fetch_args_kwargs_from_env(n)
-            x = torch.from_numpy(fake_quant_activation(args[0].numpy(), q["scale"], q["zero"]))
             w = torch.from_numpy(fake_quant_weight(args[1].detach().numpy()))
-            return n.target(x, w, *args[2:], **kwargs)
+            return n.target(fq(args[0], quant[by_node[n.name]]), w, *args[2:], **kwargs)
 
     def run(x):
         with torch.no_grad():
             return FakeQuant(gm).run(x)
 
     return run
+
+
+def _residual_params(gm, by_node, quant, residual_u8) -> dict:
+    """add node name -> (operand index, its quant params) for the residual adds of ``residual_u8``:
+    one operand comes from such a conv (through its batch norm), the other is the input of an int8
+    conv, whose (scale, zero point) the carried tensor has."""
+    from torch.fx import Node
+
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or "add" not in str(n.target) or len(n.args) < 2:
+            continue
+        for i in (0, 1):
+            src, other = n.args[1 - i], n.args[i]
+            for _ in range(3):  # back through the conv's batch norm / bias add
+                if not isinstance(src, Node) or src.name in by_node:
+                    break
+                src = src.args[0] if src.args else None
+            if not (isinstance(src, Node) and by_node.get(src.name) in residual_u8):
+                continue
+            readers = [u for u in getattr(other, "users", ()) if u.name in by_node and u.args[0] is other]
+            if readers:
+                out[n.name] = (i, quant[by_node[readers[0].name]])
+    return out

@@ -17,6 +17,7 @@ from .gather_gemm import (
     pack_dense_weight,
 )
 from .lowering import conv_output_size, lower_conv
+from .pool import max_pool2d
 
 __all__ = [
     "DTYPES",
@@ -28,5 +29,6 @@ __all__ = [
     "dense_gemm",
     "pack_dense_weight",
     "conv_output_size",
+    "max_pool2d",
     "lower_conv",
 ]

@@ -14,8 +14,11 @@ the surviving groups, one GEMM with the compact filter), in integers:
          a = bias - s_x s_w[t] z_x sum_k Fq[t, k] (formula 5.4): requantization, bias and the
          zero-point correction are one multiply-add per output
 
-Input and output stay float32 so a quantized conv drops into any graph: each conv quantizes its
-own input in the padded copy it makes anyway.  Accumulation is exact: |C| <= 255 * 127 * K fits in
+By default input and output are float32, so a quantized conv drops into any graph: each conv
+quantizes its own input in the padded copy it makes anyway.  Between int8 convs the activations are
+carried as uint8 (``passes.uint8_carry``): the epilogue quantizes for the next conv, whose copy
+then only pads (with z_x), and a residual input is dequantized in the epilogue; 4x less memory
+traffic in the copy, the store and the pooling between.  Accumulation is exact: |C| <= 255 * 127 * K fits in
 int32 for K < 66,000 gather rows.
 """
 
@@ -121,14 +124,37 @@ def _register_intrinsics():
             s_tir.TensorIntrin.register(name, desc, impl)
 
 
+def _quantize(x, scale: float, zero: int):
+    """u8 = clamp(rint(x / s) + z, 0, 255) (formula 5.2)."""
+    inv_s, zp = tirx.const(1.0 / scale, "float32"), tirx.const(int(zero), "int32")
+    return tirx.max(tirx.min(tirx.nearbyint(x * inv_s).astype("int32") + zp, 255), 0).astype("uint8")
+
+
+def _dequantize(q, scale: float, zero: int):
+    """x = s (u8 - z) (formula 5.2 inverted), as s u8 - s z: one multiply-add."""
+    return q.astype("float32") * tirx.const(scale, "float32") - tirx.const(scale * int(zero), "float32")
+
+
 def conv_te_int8(
-    geom: ConvGeometry, x_scale: float, x_zero: int, relu: bool, has_res: bool = False, rows_filter: bool = False
+    geom: ConvGeometry,
+    x_scale: float,
+    x_zero: int,
+    relu: bool,
+    has_res: bool = False,
+    rows_filter: bool = False,
+    *,
+    in_u8: bool = False,
+    out_q=None,
+    res_q=None,
 ):
     """The int8 conv of the module docstring: params (data, Fq, live, off, (base), mul, add, (res), out).
     Fq is int8 [G, TO, KP/4, TI, 4]: per 4 gather rows, the TI filter rows' 4 bytes side by side (the
-    VNNI broadcast); ``rows_filter``: [G, TO * TI, KP], one row of K bytes per filter (the AMX tiles)."""
+    VNNI broadcast); ``rows_filter``: [G, TO * TI, KP], one row of K bytes per filter (the AMX tiles).
+    Carried uint8 activations (passes.uint8_carry): ``in_u8``, data is already quantized with
+    (x_scale, x_zero); ``out_q`` = (scale, zero): out is uint8, quantized for the next conv;
+    ``res_q`` = (scale, zero): res is uint8, dequantized in the epilogue."""
     g_ = geom
-    data = te.placeholder((g_.N, g_.C, g_.H, g_.W), "float32", name="data")
+    data = te.placeholder((g_.N, g_.C, g_.H, g_.W), "uint8" if in_u8 else "float32", name="data")
     if rows_filter:
         F = te.placeholder((g_.G, g_.TO * g_.TI, g_.KP), "int8", name="F")
     else:
@@ -138,16 +164,34 @@ def conv_te_int8(
     base = None if g_.OWP else te.placeholder((g_.NP,), "int32", name="base")
     mul = te.placeholder((g_.T,), "float32", name="mul")
     add = te.placeholder((g_.T,), "float32", name="add")
-    res = te.placeholder((g_.N, g_.T, g_.OH, g_.OW), "float32", name="res") if has_res else None
-    inv_s, zp = tirx.const(1.0 / x_scale, "float32"), tirx.const(int(x_zero), "int32")
+    res_dtype = "uint8" if res_q else "float32"
+    res = te.placeholder((g_.N, g_.T, g_.OH, g_.OW), res_dtype, name="res") if has_res else None
 
     def quant(b, f):  # the float32 kernel's padded value, quantized (padding: q(0) = z)
-        x = padded_value(g_, data, live, b, f)
-        return tirx.max(tirx.min(tirx.nearbyint(x * inv_s).astype("int32") + zp, 255), 0).astype("uint8")
+        x = padded_value(g_, data, live, b, f, fill=x_zero)
+        return x if in_u8 else _quantize(x, x_scale, x_zero)
 
     Dp = te.compute((g_.N, g_.DPLEN), quant, name="Dp")
+    C = _int8_gemm(g_, gather_rows(g_, Dp, off, base), F, rows_filter)
 
-    P = gather_rows(g_, Dp, off, base)
+    def epi(b, c, oh, ow):
+        if g_.NRP:
+            v = C[b, c // g_.Tg, c % g_.Tg, oh, ow]
+        else:
+            v = C[b, c // g_.Tg, c % g_.Tg, oh * (g_.OWP or g_.OW) + ow]
+        r = None
+        if has_res:
+            r = _dequantize(res[b, c, oh, ow], *res_q) if res_q else res[b, c, oh, ow]
+        y = _epilogue(v.astype("float32") * mul[c] + add[c], None, r, relu)
+        return _quantize(y, *out_q) if out_q else y
+
+    out = te.compute((g_.N, g_.T, g_.OH, g_.OW), epi, name="out")
+    args = [data, F, live, off] + ([] if g_.OWP else [base]) + [mul, add] + ([res] if has_res else []) + [out]
+    return te.create_prim_func(args)
+
+
+def _int8_gemm(g_: ConvGeometry, P, F, rows_filter: bool):
+    """Stages "P4" (the gathered rows interleaved by four) and "C" (the int32 GEMM)."""
     P4 = te.compute(
         (g_.N, g_.G, g_.KP // K_LANE, g_.NP, K_LANE), lambda b, g, k4, n, j: P[b, g, k4 * K_LANE + j, n], name="P4"
     )
@@ -160,22 +204,10 @@ def conv_te_int8(
         return te.sum(P4[b, g, k4, n, kj].astype("int32") * f, axis=[k4, kj])
 
     if g_.NRP:
-        C = te.compute(
+        return te.compute(
             (g_.N, g_.G, g_.TO * g_.TI, g_.NRP, g_.OWP), lambda b, g, t, r, w: mac(b, g, t, r * g_.OWP + w), name="C"
         )
-    else:
-        C = te.compute((g_.N, g_.G, g_.TO * g_.TI, g_.NP), mac, name="C")
-
-    def epi(b, c, oh, ow):
-        if g_.NRP:
-            v = C[b, c // g_.Tg, c % g_.Tg, oh, ow]
-        else:
-            v = C[b, c // g_.Tg, c % g_.Tg, oh * (g_.OWP or g_.OW) + ow]
-        return _epilogue(v.astype("float32") * mul[c] + add[c], None, res[b, c, oh, ow] if has_res else None, relu)
-
-    out = te.compute((g_.N, g_.T, g_.OH, g_.OW), epi, name="out")
-    args = [data, F, live, off] + ([] if g_.OWP else [base]) + [mul, add] + ([res] if has_res else []) + [out]
-    return te.create_prim_func(args)
+    return te.compute((g_.N, g_.G, g_.TO * g_.TI, g_.NP), mac, name="C")
 
 
 def schedule_conv_int8(func, geom: ConvGeometry, target):

@@ -201,6 +201,9 @@ def conv2d_gather_gemm_int8(
     residual=False,
     dense=False,
     target,
+    in_u8=False,
+    out_q=None,
+    res_q=None,
 ):
     """The INT8 gather-GEMM (docs/formulas.md section 5) of ``cpu_amx`` on a target with AMX, else of
     ``cpu_int8`` (AVX-512 VNNI): same
@@ -208,7 +211,8 @@ def conv2d_gather_gemm_int8(
     zero point (``lightning_gbd.core.quant.activation_params``).  The weight is quantized here,
     symmetric per output channel (formula 5.1); GBD groups that are zero stay zero, so the gather
     skips exactly what the float32 kernel skips.  Returns (PrimFunc, consts) with consts = [Fq int8
-    [G, TO, KP/4, TI, 4], live, off, (base), mul [T], add [T]]."""
+    [G, TO, KP/4, TI, 4], live, off, (base), mul [T], add [T]].  ``in_u8`` / ``out_q`` / ``res_q``: uint8
+    input / output / residual (cpu_int8.conv_te_int8); the consts do not depend on them."""
     from lightning_gbd.core.quant import quantize_weight, requant_epilogue
 
     target = _as_target(target)
@@ -228,7 +232,8 @@ def conv2d_gather_gemm_int8(
         Fq = F.reshape(G, TO, KP // cpu_int8.K_LANE, cpu_int8.K_LANE, TI).transpose(0, 1, 2, 4, 3)
     mul, add = requant_epilogue(wq, w_scale, x_scale, x_zero, bias)
     consts = [np.ascontiguousarray(Fq).astype(np.int8), live, off] + ([] if geom.OWP else [base]) + [mul, add]
-    func = cpu_int8.conv_te_int8(geom, x_scale, x_zero, relu, residual, rows_filter=amx)
+    carry = dict(in_u8=in_u8, out_q=out_q, res_q=res_q)
+    func = cpu_int8.conv_te_int8(geom, x_scale, x_zero, relu, residual, rows_filter=amx, **carry)
     schedule = cpu_amx.schedule_conv_amx if amx else cpu_int8.schedule_conv_int8
     return _finish(schedule(func, geom, target), target), consts
 

@@ -72,9 +72,10 @@ def _epilogue(v, bias=None, res=None, relu=False):
     return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
 
 
-def padded_value(g_: ConvGeometry, data, live, b, f):
+def padded_value(g_: ConvGeometry, data, live, b, f, fill: int = 0):
     """Element f of image b's flat padded copy of the live maps (stage "Dp"): data at (live map
-    f // (Hp Wp), row, column), 0 in the padding and in the zero map L."""
+    f // (Hp Wp), row, column), 0 in the padding and in the zero map L.  A uint8 ``data`` (the
+    int8 kernels' carried activations) has ``fill``, its zero point, there instead."""
     HW = g_.Hp * g_.Wp
     l = f // HW
     r = f % HW
@@ -88,6 +89,10 @@ def padded_value(g_: ConvGeometry, data, live, b, f):
     ok = tirx.all(l < g_.L, h >= 0, h < g_.H, w >= 0, w < g_.W)
     hc = tirx.max(tirx.min(h, g_.H - 1), 0)
     wc = tirx.max(tirx.min(w, g_.W - 1), 0)
+    if data.dtype == "uint8":  # (x ^ z) & mask ^ z: x inside, z outside, branch-free as below
+        z = tirx.const(int(fill), "uint8")
+        mask = tirx.Select(ok, tirx.const(255, "uint8"), tirx.const(0, "uint8"))
+        return ((data[b, live[lc], hc, wc] ^ z) & mask) ^ z
     mask = tirx.Select(ok, tirx.const(-1, "int32"), tirx.const(0, "int32"))
     bits = tirx.reinterpret("int32", data[b, live[lc], hc, wc]) & mask
     return tirx.reinterpret("float32", bits)

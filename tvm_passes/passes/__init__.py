@@ -4,6 +4,15 @@ and the one analysis that reads the per-layer records off the lowered module."""
 from .dead_channels import DeadChannels
 from .group_sparse_conv import RECORD_ATTR, GroupSparseConv
 from .lowrank_conv import LowRankConv
+from .pool_kernel import MaxPoolKernel
 from .records import collect_records, kernel_records
 
-__all__ = ["DeadChannels", "GroupSparseConv", "LowRankConv", "RECORD_ATTR", "collect_records", "kernel_records"]
+__all__ = [
+    "DeadChannels",
+    "GroupSparseConv",
+    "LowRankConv",
+    "MaxPoolKernel",
+    "RECORD_ATTR",
+    "collect_records",
+    "kernel_records",
+]

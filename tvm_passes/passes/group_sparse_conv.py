@@ -11,6 +11,7 @@ TVM's ``FoldBatchnormToConv2D`` (DPL patterns built in ``__init__``, a rewriter,
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -19,21 +20,14 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from .. import cost_model
-from ..ir import batch_count, const_numpy, is_constant, kernel_shape, layer_name, same_shape, shape_record, with_span
+from ..ir import batch_count, const_numpy, kernel_shape, layer_name, same_shape, shape_record, with_span
 from ..ir import dtype_of as _dtype
+from .leftovers import warn_leftovers
+from .uint8_carry import Int8Conv, carry_uint8
 
 #: the PrimFunc attribute holding a kernel's per-layer record (read by ``passes.records``)
 RECORD_ATTR = "gbd.layer"
 
-#: heavy ops that should never be left to the naive legalized path without a warning
-HEAVY_OPS = (
-    "relax.nn.conv1d",
-    "relax.nn.conv2d",
-    "relax.nn.conv3d",
-    "relax.nn.conv1d_transpose",
-    "relax.nn.conv2d_transpose",
-    "relax.matmul",
-)
 #: TIR op_pattern kOpaque: keeps FuseOps / FuseTIR away from the pre-scheduled kernels
 _OPAQUE = 8
 
@@ -92,14 +86,16 @@ class GroupSparseConv:
     int8 on AVX-512 VNNI CPUs).  int8 needs ``quant``: per conv name, its input's calibrated
     ``scale`` and ``zero`` (``frontend.calibrate``); a conv without one, or one the int8 kernel
     cannot build, stays float32 with a warning naming it.  Linear layers stay float32 under int8.
+    ``carry_uint8`` (int8): tensors between int8 convs are uint8 (``passes.uint8_carry``).
     """
 
-    def __init__(self, target, *, sparse=True, warn=True, dtype="float32", quant=None):
+    def __init__(self, target, *, sparse=True, warn=True, dtype="float32", quant=None, carry_uint8=True):
         self.target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
         self.sparse = sparse
         self.warn = warn
         self.dtype = dtype
         self.quant = dict(quant or {})
+        self.carry_uint8 = carry_uint8
 
         self.x = wildcard()
         self.w = is_const()
@@ -147,7 +143,7 @@ class GroupSparseConv:
             return None
         return res
 
-    def _conv_rewrite(self, expr, matches, has_bias, has_relu, uses, bb, count, has_res=False):
+    def _conv_rewrite(self, expr, matches, has_bias, has_relu, uses, bb, count, has_res=False, int8=None):
         call = matches[self.conv]
         if not self._intermediates_single_use(matches, expr, self.conv, has_bias, has_relu, uses, has_res):
             return expr
@@ -217,6 +213,10 @@ class GroupSparseConv:
             **self._quant_record(name, weight, built),
         }
         gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), "gbd_conv_" + name.replace(".", "_"))
+        if built is not None and int8 is not None:
+            q = self.quant[name]
+            rebuild = functools.partial(self._int8_rebuild, dshape, weight, bias, q, kw)
+            int8[gv.name_hint] = Int8Conv(q["scale"], q["zero"], has_res, rebuild)
         args = [data] + [relax.const(c) for c in consts] + ([res] if has_res else [])
         return with_span(relax.call_tir(gv, args, relax.TensorType(oshape, "float32")), call.span)
 
@@ -235,6 +235,25 @@ class GroupSparseConv:
                 stacklevel=2,
             )
             return None
+
+    def _int8_rebuild(self, dshape, weight, bias, q, kw, in_u8, out_q, res_q):
+        """The int8 kernel again, with uint8 input / output / residual (same consts)."""
+        kernels = _kernels()
+        carry = dict(in_u8=in_u8, out_q=out_q, res_q=res_q)
+        return kernels.conv2d_gather_gemm_int8(
+            dshape, weight, bias, x_scale=q["scale"], x_zero=q["zero"], **kw, **carry
+        )[0]
+
+    @staticmethod
+    def _mark_carried(old, new, flags):
+        """The rebuilt kernel's attributes: the old record plus the dtypes it now reads and writes."""
+        in_u8, out_q, res_q = flags
+        record = dict(old.attrs[RECORD_ATTR].items())
+        record["input_dtype"] = "uint8" if in_u8 else "float32"
+        record["output_dtype"] = "uint8" if out_q else "float32"
+        if record.get("fused_residual"):
+            record["residual_dtype"] = "uint8" if res_q else "float32"
+        return mark_kernel(new).with_attr(RECORD_ATTR, record)
 
     def _quant_record(self, name, weight, built) -> dict:
         """The record's compute dtype and, for an int8 conv, its quantization parameters and errors."""
@@ -307,6 +326,7 @@ class GroupSparseConv:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         bb = relax.BlockBuilder(mod)
         count = {"conv2d": 0, "linear": 0}  # fallback names of layers the import did not name
+        int8 = {} if self.dtype == "int8" and self.carry_uint8 else None  # kernel name -> Int8Conv
         for gv, func in list(mod.functions_items()):
             if not isinstance(func, relax.Function):
                 continue
@@ -317,7 +337,7 @@ class GroupSparseConv:
                 if core is self.conv:
 
                     def rewriter(expr, matches, hb=has_bias, hr=has_relu, u=uses, hs=has_res):
-                        return self._conv_rewrite(expr, matches, hb, hr, u, bb, count, hs)
+                        return self._conv_rewrite(expr, matches, hb, hr, u, bb, count, hs, int8)
 
                 else:
 
@@ -329,48 +349,4 @@ class GroupSparseConv:
             bb.update_func(gv, func)
             if self.warn:
                 warn_leftovers(func)
-        return bb.get()
-
-
-def leftover_heavy_ops(func: relax.Function) -> list:
-    """(op name, reason) of conv / matmul calls the kernel library did not take."""
-    out = []
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            v = binding.value
-            if not isinstance(v, tvm.ir.Call) or not isinstance(v.op, tvm.ir.Op):
-                continue
-            name = v.op.name
-            if name not in HEAVY_OPS:
-                continue
-            why = []
-            if kernel_shape(v) is None or kernel_shape(v.args[0]) is None:
-                why.append("dynamic shape")
-            if name == "relax.nn.conv2d":
-                a = v.attrs
-                if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW":
-                    why.append(f"layout {a.data_layout}/{a.kernel_layout}")
-                if _dtype(v.args[0]) != "float32":
-                    why.append(f"dtype {_dtype(v.args[0])}")
-                if not is_constant(v.args[1]):
-                    why.append("non-constant weight")
-            elif name == "relax.matmul":
-                if not is_constant(v.args[1]):
-                    why.append("non-constant weight")
-                elif _dtype(v.args[0]) != "float32":
-                    why.append(f"dtype {_dtype(v.args[0])}")
-                else:
-                    why.append("input is not 2-D")
-            else:
-                why.append("no GBD kernel for this op")
-            out.append((name, ", ".join(why) or "unsupported form"))
-    return out
-
-
-def warn_leftovers(func: relax.Function) -> None:
-    for name, why in leftover_heavy_ops(func):
-        warnings.warn(
-            f"gbd-export: {name} ({why}) is not handled by the GBD kernels; "
-            "falling back to the dense legalized op with a generic schedule",
-            stacklevel=3,
-        )
+        return carry_uint8(bb.get(), int8, self._mark_carried) if int8 else bb.get()
