@@ -28,6 +28,7 @@ Writes benchmarks/results/model_speed.json.
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -80,19 +81,11 @@ def make_model(name):
 def source_hash():
     h = hashlib.sha256()
     base = os.path.join(common.ROOT, "tvm_passes")
-    # the sources that decide the generated conv / linear code (not the importer / CLI, which
-    # other work edits often; a change there that matters needs --rebuild)
-    for sub in (
-        "kernels/cpu.py",
-        "kernels/cpu_int8.py",
-        "kernels/lowering.py",
-        "kernels/te_defs.py",
-        "kernels/gather_gemm.py",
-        "group_sparse_conv.py",
-        "cost_model.py",
-        "schedules.py",
-    ):
-        p = os.path.join(base, sub)
+    # the sources that decide the generated code: every kernel and pass, the cost model, the
+    # schedules and the pass order (not the importer / CLI; a change there that matters needs --rebuild)
+    subs = sorted(glob.glob(os.path.join(base, "kernels", "*.py")) + glob.glob(os.path.join(base, "passes", "*.py")))
+    subs += [os.path.join(base, f) for f in ("cost_model.py", "schedules.py", "pipeline.py")]
+    for p in subs:
         if os.path.exists(p):
             h.update(open(p, "rb").read())
     return h.hexdigest()[:12]

@@ -211,6 +211,20 @@ def partition_row(sch, loop, geom: ConvGeometry):
     return sch.loop_partition(loop, parts[:-1] + [None])  # the last part inferred
 
 
+def _stage_residual(sch, eblk, at):
+    """The task's residual rows copied in one tight loop right before its fused epilogue: read
+    inside the epilogue, each 56-pixel row of another channel was a cache miss the long
+    dequantize / add / requantize chain left no room to overlap; the copy keeps many in flight
+    (layer1 conv of ResNet-18 at batch 32, int8: residual cost 2.3 -> 0.4 ms uint8, 4.8 ->
+    0.9 ms float32)."""
+    names = [r.source.name for r in sch.get(eblk).reads]
+    if "res" not in names:
+        return
+    rc = sch.cache_read(eblk, names.index("res"), "global")
+    sch.compute_at(rc, at)
+    sch.vectorize(sch.get_loops(rc)[-1])
+
+
 def _schedule_epilogue(sch, geom: ConvGeometry, fused_at):
     """Bias, ReLU, dropping padded rows / pixels: per chunk right after its GEMM while C is still in
     cache (``fused_at``: the GEMM's parallel loop), else as its own parallel pass."""
@@ -219,6 +233,7 @@ def _schedule_epilogue(sch, geom: ConvGeometry, fused_at):
         Tg = geom.Tg
         sch.transform_block_layout(eblk, lambda b, c, oh, ow: (b, c // Tg, c % Tg, oh, ow))
         sch.reverse_compute_at(eblk, fused_at)
+        _stage_residual(sch, eblk, fused_at)
         ew, ext = sch.get_loops(eblk)[-1], geom.OW
     else:
         eb, ec, eh, ew = sch.get_loops(eblk)
