@@ -74,7 +74,7 @@ def test_int8_kernel_matches_fake_quant_conv(case, target):
     s, z = activation_params(x.min(), x.max() * 0.8)  # some inputs saturate
     func, consts = conv2d_gather_gemm_int8(
         x.shape, w, b, x_scale=s, x_zero=z, stride=stride, padding=pad, dilation=dil, groups=groups,
-        relu=True, residual=res, target=target,
+        relu=True, residual=res, target=target, amx_min_k=0,
     )  # fmt: skip
     OH, OW = conv_output_size(H, W, *k, stride, pad, dil)
     r = rng.standard_normal((N, T, OH, OW)).astype(np.float32)
@@ -100,7 +100,7 @@ def test_int8_kernel_carries_uint8(case, target):
     rq, res_q, out_q = rng.integers(0, 256, (N, T, OH, OW)).astype(np.uint8), (0.05, 3), (0.04, 5)
     func, consts = conv2d_gather_gemm_int8(
         xq.shape, w, b, x_scale=s, x_zero=z, stride=stride, padding=pad, dilation=dil, groups=groups,
-        relu=True, residual=res, target=target, in_u8=True, out_q=out_q, res_q=res_q if res else None,
+        relu=True, residual=res, target=target, in_u8=True, out_q=out_q, res_q=res_q if res else None, amx_min_k=0,
     )  # fmt: skip
     out = run_llvm(func, [xq, *consts] + ([rq] if res else []), (N, T, OH, OW), target, out_dtype="uint8")
     x = s * (xq.astype(np.float32) - z)

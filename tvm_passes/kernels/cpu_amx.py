@@ -27,6 +27,11 @@ from .lowering import ConvGeometry
 #: rows / columns of an output tile, and gather rows per tile product
 TILE = 16
 TILE_K = 64
+#: fewer gather rows than this: the VNNI kernel, even where AMX is there.  With one or two tile
+#: products per load / store of the accumulator tiles, the tiles lose to vpdpbusd: ResNet-18's
+#: 7x7 stem (~50 rows at density 0.3) took 10.4 ms on AMX and 8.1 on VNNI at batch 32; a 56x56
+#: layer (~170 rows) 3.6 against 3.9, a 14x14 one (~690 rows) 1.8 against 2.5.
+MIN_K = 128
 #: lowering_params of the AMX kernel: 16 pixels per tile, k blocks of whole tiles (TI: lowering_params)
 LOWERING = dict(NV=TILE, kc_max=256, k_align=TILE_K, row_align=(16,), chunk_tiles=tuple(range(1, 17)))
 

@@ -204,9 +204,10 @@ def conv2d_gather_gemm_int8(
     in_u8=False,
     out_q=None,
     res_q=None,
+    amx_min_k=None,
 ):
-    """The INT8 gather-GEMM (docs/formulas.md section 5) of ``cpu_amx`` on a target with AMX, else of
-    ``cpu_int8`` (AVX-512 VNNI): same
+    """The INT8 gather-GEMM (docs/formulas.md section 5) of ``cpu_amx`` on a target with AMX when the
+    conv gathers at least ``amx_min_k`` (default ``cpu_amx.MIN_K``) rows, else of ``cpu_int8`` (AVX-512 VNNI): same
     arguments and PrimFunc conventions as conv2d_gather_gemm, plus the input's uint8 scale and
     zero point (``lightning_gbd.core.quant.activation_params``).  The weight is quantized here,
     symmetric per output channel (formula 5.1); GBD groups that are zero stay zero, so the gather
@@ -219,12 +220,15 @@ def conv2d_gather_gemm_int8(
     if _is_gpu(target):
         raise ValueError("dtype 'int8' has CPU (AVX-512 VNNI) kernels only")
     wq, w_scale = quantize_weight(weight)
-    amx = has_amx(target)
     Tg = wq.shape[0] // groups
-    lw = {**cpu.lowering_params(Tg), **(cpu_amx.lowering_params(Tg) if amx else cpu_int8.LOWERING)}
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
     data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
+    lw = {**cpu.lowering_params(Tg), **cpu_int8.LOWERING}
     geom, F, live, off, base = _lower_cpu(data_shape, wq.astype(np.float32), kw, lw, target)
+    amx = has_amx(target) and geom.KP >= (cpu_amx.MIN_K if amx_min_k is None else amx_min_k)
+    if amx:
+        lw = {**cpu.lowering_params(Tg), **cpu_amx.lowering_params(Tg)}
+        geom, F, live, off, base = _lower_cpu(data_shape, wq.astype(np.float32), kw, lw, target)
     G, TO, KP, TI = F.shape
     if amx:  # [G, TO, KP, TI] -> [G, TO * TI, KP]: one row of gather-row bytes per filter
         Fq = F.transpose(0, 1, 3, 2).reshape(G, TO * TI, KP)
