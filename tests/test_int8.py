@@ -110,6 +110,23 @@ def test_int8_kernel_carries_uint8(case, target):
     assert np.abs(out.astype(np.int32) - quantize_activation(ref, *out_q)).max() <= 1
 
 
+@pytest.mark.parametrize("M,K,n_out,relu", [(1, 50, 10, False), (3, 37, 40, True), (13, 256, 33, True)])
+def test_int8_linear_matches_fake_quant(M, K, n_out, relu):
+    """The VNNI linear layer (rows, inputs and outputs that fill no whole tile) against the
+    fake-quant matmul."""
+    from tvm_passes.kernels import dense_gemm_int8
+
+    rng = np.random.default_rng(M)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w, b = rng.standard_normal((n_out, K)).astype(np.float32), rng.standard_normal(n_out).astype(np.float32)
+    s, z = activation_params(x.min(), x.max() * 0.8)
+    func, consts = dense_gemm_int8((M, K), w, b, x_scale=s, x_zero=z, relu=relu, target=LLVM)
+    out = run_llvm(func, [x, *consts], (M, n_out))
+    ref = fake_quant_activation(x, s, z) @ fake_quant_weight(w).T + b
+    ref = np.maximum(ref, 0) if relu else ref
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
+
+
 class SmallNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -188,6 +205,7 @@ def test_int8_carries_uint8_between_convs(tmp_path):
         "b": ("uint8", "uint8", "uint8"),
         "head": ("uint8", "float32", None),
     }
+    assert [(r["name"], r["compute_dtype"]) for r in man["linears"]] == [("fc", "int8")]
     ver = man["verification"]
     assert ver["passed"] and ver["max_relative_error"] < 1e-4 < ver["relative_error_vs_float32"]
 

@@ -21,7 +21,7 @@ from lightning_gbd.core.quant import (
 )
 
 from ..errors import ExportError
-from .program import conv_nodes
+from .program import conv_nodes, linear_nodes
 
 
 def load_calibration(source, input_shape, dtype="float32") -> np.ndarray:
@@ -59,7 +59,7 @@ def _checked(x, path, input_shape, dtype) -> np.ndarray:
 
 
 def calibrate(ep, inputs: np.ndarray, method: str = "percentile", batch: int = 32, fixed_batch: bool = False) -> dict:
-    """Per conv (module name, as the import names layers): its input's observed range, uint8
+    """Per conv and linear layer (module name, as the import names layers): its input's observed range, uint8
     scale / zero point and the relative RMS error of quantizing it on this data.  The inputs run
     ``batch`` at a time; ``fixed_batch``: the program takes exactly ``batch`` (a static-shape
     ``.pt2``), so a last partial batch is filled up with the first inputs.
@@ -72,7 +72,7 @@ def calibrate(ep, inputs: np.ndarray, method: str = "percentile", batch: int = 3
 
     if method not in METHODS:
         raise ExportError(f"unknown calibration method {method!r}: one of {', '.join(METHODS)}")
-    named = conv_nodes(ep)
+    named = conv_nodes(ep) + linear_nodes(ep)
     by_node = {node.name: name for name, node in named}
     observers = {name: RangeObserver() for name, _ in named}
     kept: dict = {name: [] for name, _ in named}  # a few batches kept to measure the rounding error
@@ -107,7 +107,7 @@ def calibrate(ep, inputs: np.ndarray, method: str = "percentile", batch: int = 3
 
 
 def fake_quant_reference(ep, quant: dict, int8_layers=None, residual_u8=()):
-    """The float model with each int8 conv's input and weight replaced by what the int8 kernel
+    """The float model with each int8 conv's (and linear layer's) input and weight replaced by what the int8 kernel
     computes with (formulas 5.1-5.2): the reference the INT8 export is verified against.  Weights
     are quantized before a following batch norm is folded: per-channel symmetric quantization
     commutes with the fold's per-channel scaling, so this equals quantizing the folded weight.
@@ -119,7 +119,7 @@ def fake_quant_reference(ep, quant: dict, int8_layers=None, residual_u8=()):
     from lightning_gbd.core.quant import fake_quant_weight
 
     names = set(quant if int8_layers is None else int8_layers)
-    by_node = {node.name: name for name, node in conv_nodes(ep) if name in names}
+    by_node = {node.name: name for name, node in conv_nodes(ep) + linear_nodes(ep) if name in names}
     gm = ep.module()
     res_q = _residual_params(gm, by_node, quant, set(residual_u8))
 

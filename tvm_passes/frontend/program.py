@@ -197,6 +197,19 @@ def conv_nodes(ep) -> list:
     return out
 
 
+def linear_nodes(ep) -> list:
+    """(module name, fx node) of the ``nn.Linear`` ops of ``ep`` in graph order."""
+    torch = _torch()
+    param_of = dict(ep.graph_signature.inputs_to_parameters)
+    out = []
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.linear.default:
+            pname = param_of.get(getattr(node.args[1], "name", ""), "")
+            if pname:
+                out.append((pname[: -len(".weight")] if pname.endswith(".weight") else pname, node))
+    return out
+
+
 def linear_weights(ep) -> list:
     """(module name, weight as stored (out, in)) of every ``nn.Linear``, in graph order."""
     torch = _torch()

@@ -14,6 +14,7 @@ from .gather_gemm import (
     conv2d_gather_gemm,
     conv2d_gather_gemm_int8,
     dense_gemm,
+    dense_gemm_int8,
     pack_dense_weight,
 )
 from .lowering import conv_output_size, lower_conv
@@ -27,6 +28,7 @@ __all__ = [
     "conv2d_gather_gemm",
     "conv2d_gather_gemm_int8",
     "dense_gemm",
+    "dense_gemm_int8",
     "pack_dense_weight",
     "conv_output_size",
     "max_pool2d",

@@ -12,7 +12,7 @@ from tvm import tirx
 
 from ..target import has_amx, request_amx
 from ..threads import configure as configure_threads
-from . import cpu, cpu_amx, cpu_int8, cuda, cuda_tc
+from . import cpu, cpu_amx, cpu_int8, cuda, cuda_tc, dense_int8
 from .lowering import conv_output_size, lower_conv
 from .te_defs import conv_te, dense_te, dense_te_tc
 
@@ -263,7 +263,7 @@ def dense_gemm(in_shape, weight, bias=None, *, relu=False, target, dtype="float3
     target = _as_target(target)
     gpu = _is_gpu(target)
     if dtype == "int8":
-        raise ValueError("the linear layer has no int8 kernel: build it in float32")
+        raise ValueError("int8 linear layers are built by dense_gemm_int8 (they need the input's scale)")
     tc = check_dtype(dtype, target) != "float32"
     weight = np.asarray(weight, dtype=np.float32)
     M, K = _batch_dim(in_shape[0]), int(in_shape[1])
@@ -284,6 +284,28 @@ def dense_gemm(in_shape, weight, bias=None, *, relu=False, target, dtype="float3
     else:
         func = cpu.schedule_dense_cpu(func, M, K, O, OI, TM, target)
     return _finish(func, target), consts
+
+
+def dense_gemm_int8(in_shape, weight, bias=None, *, x_scale, x_zero, relu=False, target):
+    """The INT8 linear layer of ``dense_int8`` (AVX-512 VNNI): y = x @ weight.T (+ bias, ReLU) with the
+    weight quantized here per output (formula 5.1) and x by (x_scale, x_zero) in the kernel.
+    Returns (PrimFunc, consts): params (x[M, K], *consts, y[M, O]); consts = [Wq int8
+    [ceil(O/16), KP/4, 16, 4], mul [O], add [O]] (formula 5.4)."""
+    from lightning_gbd.core.quant import quantize_weight, requant_epilogue
+
+    target = _as_target(target)
+    if _is_gpu(target):
+        raise ValueError("dtype 'int8' has CPU (AVX-512 VNNI) kernels only")
+    weight = np.asarray(weight, dtype=np.float32)
+    M, K = _batch_dim(in_shape[0]), int(in_shape[1])
+    O = weight.shape[0]
+    if weight.shape[1] != K:
+        raise ValueError(f"weight {weight.shape} does not match input {in_shape}")
+    wq, w_scale = quantize_weight(weight)
+    mul, add = requant_epilogue(wq, w_scale, x_scale, x_zero, bias)
+    TM = cpu.dense_row_tile(M)
+    func = dense_int8.dense_te_int8(M, K, O, (M + TM - 1) // TM * TM, x_scale, x_zero, relu)
+    return _finish(dense_int8.schedule_dense_int8(func, TM), target), [dense_int8.pack_weight(wq), mul, add]
 
 
 def _dense_tc(M, K, weight, bias, relu, dtype, target):

@@ -85,7 +85,7 @@ class GroupSparseConv:
     kernels' compute dtype (float32, or tf32 / float16 / bfloat16 tensor-core kernels on CUDA, or
     int8 on AVX-512 VNNI CPUs).  int8 needs ``quant``: per conv name, its input's calibrated
     ``scale`` and ``zero`` (``frontend.calibrate``); a conv without one, or one the int8 kernel
-    cannot build, stays float32 with a warning naming it.  Linear layers stay float32 under int8.
+    cannot build, stays float32 with a warning naming it; so does a linear layer.
     ``carry_uint8`` (int8): tensors between int8 convs are uint8 (``passes.uint8_carry``).
     """
 
@@ -236,6 +236,16 @@ class GroupSparseConv:
             )
             return None
 
+    def _int8_linear(self, name, dshape, weight, bias, relu):
+        """(PrimFunc, consts) of the int8 linear layer, or None (with a warning) to stay float32."""
+        q = self.quant.get(name)
+        if q is None:
+            warnings.warn(f"gbd-export: linear layer {name!r} has no calibration range; it stays float32", stacklevel=2)
+            return None
+        return _kernels().dense_gemm_int8(
+            dshape, weight, bias, x_scale=q["scale"], x_zero=q["zero"], relu=relu, target=self.target
+        )
+
     def _int8_rebuild(self, dshape, weight, bias, q, kw, in_u8, out_q, res_q):
         """The int8 kernel again, with uint8 input / output / residual (same consts)."""
         kernels = _kernels()
@@ -297,11 +307,13 @@ class GroupSparseConv:
             bias = _channel_vector(matches[self.b], weight.shape[0], 1)
             if bias is None or not same_shape(kernel_shape(matches[self.mm_bias]), oshape):
                 return expr
-        dtype = "float32" if self.dtype == "int8" else self.dtype  # no int8 linear kernel yet
-        func, consts = _kernels().dense_gemm(dshape, weight, bias, relu=has_relu, target=self.target, dtype=dtype)
         idx = count["linear"]
         count["linear"] += 1
         name = layer_name(call) or f"linear{idx}"
+        built = self._int8_linear(name, dshape, weight, bias, has_relu) if self.dtype == "int8" else None
+        dtype = "float32" if self.dtype == "int8" else self.dtype
+        kernels = _kernels()
+        func, consts = built or kernels.dense_gemm(dshape, weight, bias, relu=has_relu, target=self.target, dtype=dtype)
         flops = 2 * batch_count(dshape) * weight.shape[0] * weight.shape[1]
         record = {
             "name": name,
@@ -316,7 +328,7 @@ class GroupSparseConv:
             "flops_dense": flops,
             "flops_executed": flops,
             "reason": "linear layer: dense GEMM of the kernel library",
-            "compute_dtype": dtype,
+            **self._quant_record(name, weight, built),
         }
         gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), f"gbd_linear{idx}")
         args = [data] + [relax.const(c) for c in consts]
