@@ -180,7 +180,7 @@ class CarryNet(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.stem, self.bn = torch.nn.Conv2d(1, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)
+        self.stem, self.bn = torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
         self.a, self.b = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
         self.head, self.fc = torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.Linear(16, 10)
 

@@ -116,3 +116,35 @@ def test_identical_weights_do_not_collide():
         m[5].weight.copy_(m[4].weight)
     low = lower(torch.export.export(m, (torch.randn(1, 4, 4, 4),)), LLVM)
     assert [r["name"] for r in low.records] == ["0", "2", "4", "5"]
+
+
+def test_conv_bias_moves_into_the_batch_norm_mean():
+    """conv -> + b -> batch_norm becomes conv -> batch_norm with mean - b (BN(y + b) = BN'(y)),
+    which TVM's FoldBatchnormToConv2D then folds; the import leaves no element-wise op behind."""
+    from tvm_passes.frontend.conv_bias_bn import ConvBiasIntoBatchNorm
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal((1, 4, 1, 1)).astype(np.float32)
+    gamma, beta, mean, var = (rng.random(4).astype(np.float32) + 0.5 for _ in range(4))
+
+    def bn(bb, y, m):
+        args = [relax.const(a) for a in (gamma, beta, m, var)]
+        return bb.emit(relax.TupleGetItem(bb.emit(relax.op.nn.batch_norm(y, *args, axis=1)), 0))
+
+    def before(bb, x):
+        return bn(bb, bb.emit(relax.op.add(_conv(bb, x, w), relax.const(b))), mean)
+
+    def expected(bb, x):
+        return bn(bb, _conv(bb, x, w), mean - b.reshape(-1))
+
+    tidy = tvm.transform.Sequential([relax.transform.DeadCodeElimination(), relax.transform.CanonicalizeBindings()])
+    got = tidy(ConvBiasIntoBatchNorm()(_module(before)))
+    tvm.ir.assert_structural_equal(got, tidy(_module(expected)))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    net[1].running_mean.uniform_(-1, 1)
+    main = import_program(torch.export.export(net, (torch.randn(1, 3, 8, 8),))).mod["main"]
+    ops = {b.value.op.name for blk in main.body.blocks for b in blk.bindings if isinstance(b.value.op, tvm.ir.Op)}
+    assert ops == {"relax.nn.conv2d", "relax.add", "relax.nn.relu"}  # bias add only: the batch norm is folded

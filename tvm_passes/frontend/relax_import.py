@@ -15,6 +15,7 @@ from tvm import relax
 
 from ..errors import ExportError
 from ..ir import bindings, const_numpy, is_constant, named_span, op_name, type_of, with_span
+from .conv_bias_bn import ConvBiasIntoBatchNorm
 from .program import conv_names, input_shape_of, linear_weights
 
 
@@ -66,7 +67,10 @@ def fold_and_name(mod: tvm.IRModule, names_of) -> tvm.IRModule:
     seq = tvm.transform.Sequential(
         [
             # TVM's own BN folding, before DecomposeOpsForInference turns batch_norm into
-            # elementwise ops that FoldBatchnormToConv2D would no longer match.
+            # elementwise ops that FoldBatchnormToConv2D would no longer match; a conv's bias
+            # (a reshaped constant until FoldConstant) moved into the batch norm first.
+            relax.transform.FoldConstant(),
+            ConvBiasIntoBatchNorm(),
             relax.transform.FoldBatchnormToConv2D(),
             relax.transform.DecomposeOpsForInference(),
             relax.transform.FoldConstant(),
