@@ -47,6 +47,11 @@ def parse():
     ap.add_argument("--rounds", type=int, default=0, help="rounds per case (default 7 full, 3 quick)")
     ap.add_argument("--budget", type=float, default=0, help="max seconds of timing per case")
     ap.add_argument("--only", default="", help="substring filter on shape names")
+    ap.add_argument(
+        "--densities",
+        default="",
+        help="comma-separated densities instead of the mode's (e.g. 1.0,0.9,0.8: the crossover)",
+    )
     ap.add_argument("--skip-b32", default="", help="substring: shapes skipped at batch 32")
     ap.add_argument("--no-lowrank", action="store_true")
     ap.add_argument("--lowrank-only", action="store_true", help="only the low-rank decomposition part")
@@ -82,13 +87,10 @@ def build_kernel(tvm, func, consts, tgt, x_tvm, out_shape):
 
 
 def conv_kernels(C, T, k, pad, H, w, b, N, tgt, dense):
-    from tvm_passes import group_sparse_conv as gsc
     from tvm_passes.kernels import conv2d_gather_gemm
 
     attrs = dict(stride=(1, 1), padding=(pad,) * 4, dilation=(1, 1), groups=1, relu=False)
-    if dense:
-        return gsc.dense_conv_kernel(gsc._kernels(), (N, C, H, H), w, b, target=tgt, **attrs)
-    return conv2d_gather_gemm((N, C, H, H), w, b, target=tgt, **attrs)
+    return conv2d_gather_gemm((N, C, H, H), w, b, target=tgt, dense=dense, **attrs)
 
 
 def run_shape(spec, N, densities, tgt, rounds, budget):
@@ -198,7 +200,7 @@ def run_lowrank(spec, N, tgt, rounds, budget):
     import tvm
 
     from lightning_gbd.core.lowrank import decomposed_flops, pca_decompose
-    from tvm_passes import group_sparse_conv as gsc
+    from tvm_passes.kernels import conv2d_gather_gemm
 
     name, C, T, k, pad, H = spec
     OH = H + 2 * pad - k + 1
@@ -213,7 +215,7 @@ def run_lowrank(spec, N, tgt, rounds, budget):
     b = conv.bias.detach().numpy().copy()
     a1 = dict(stride=(1, 1), padding=(pad,) * 4, dilation=(1, 1), groups=1, relu=False)
     fns = {}  # PyTorch is timed in fresh processes without TVM (common.torch_isolated)
-    func, consts = gsc.dense_conv_kernel(gsc._kernels(), x.shape, w, b, target=tgt, **a1)
+    func, consts = conv2d_gather_gemm(x.shape, w, b, target=tgt, dense=True, **a1)
     fns["tvm_dense"], _ = build_kernel(tvm, func, consts, tgt, x_tvm, (N, T, OH, OH))
     flops0 = decomposed_flops(conv, x.shape)
     info = {}
@@ -224,7 +226,7 @@ def run_lowrank(spec, N, tgt, rounds, budget):
         w1 = c1.weight.detach().numpy().copy()
         w2 = c2.weight.detach().numpy().copy()
         b2 = c2.bias.detach().numpy().copy()
-        f1, k1 = gsc.dense_conv_kernel(gsc._kernels(), x.shape, w1, None, target=tgt, **a1)
+        f1, k1 = conv2d_gather_gemm(x.shape, w1, None, target=tgt, dense=True, **a1)
         mid = tvm.runtime.tensor(np.zeros((N, rank, OH, OH), np.float32), dev)
         # chain: the first kernel writes `mid`, the second reads it
         from tvm_passes.kernels import compile_kernel
@@ -232,7 +234,7 @@ def run_lowrank(spec, N, tgt, rounds, budget):
         lib1 = compile_kernel(f1, tgt).jit()
         args1 = [x_tvm] + [tvm.runtime.tensor(c, dev) for c in k1] + [mid]
         a2 = dict(a1, padding=(0, 0, 0, 0))
-        f2, k2 = gsc.dense_conv_kernel(gsc._kernels(), (N, rank, OH, OH), w2, b2, target=tgt, **a2)
+        f2, k2 = conv2d_gather_gemm((N, rank, OH, OH), w2, b2, target=tgt, dense=True, **a2)
         lib2 = compile_kernel(f2, tgt).jit()
         out = tvm.runtime.tensor(np.zeros((N, T, OH, OH), np.float32), dev)
         args2 = [mid] + [tvm.runtime.tensor(c, dev) for c in k2] + [out]
@@ -404,7 +406,9 @@ def main():
     shapes = SHAPES if full else [SHAPES[i] for i in QUICK_SHAPES]
     if ARGS.only:
         shapes = [s for s in shapes if ARGS.only in s[0]]
-    densities = DENSITIES if full else QUICK_DENSITIES
+    densities = (
+        [float(d) for d in ARGS.densities.split(",")] if ARGS.densities else DENSITIES if full else QUICK_DENSITIES
+    )
     batches = [int(b) for b in ARGS.batches.split(",")]
     rounds = ARGS.rounds or (9 if full else 3)
     budget = ARGS.budget or (20.0 if full else 8.0)
