@@ -211,15 +211,11 @@ def linear_nodes(ep) -> list:
 
 
 def linear_weights(ep) -> list:
-    """(module name, weight as stored (out, in)) of every ``nn.Linear``, in graph order."""
+    """(module name, weight as stored (out, in)) of every float32 ``nn.Linear``, in graph order."""
     torch = _torch()
-    param_of = dict(ep.graph_signature.inputs_to_parameters)
     out = []
-    for node in ep.graph.nodes:
-        if node.op == "call_function" and node.target == torch.ops.aten.linear.default:
-            pname = param_of.get(getattr(node.args[1], "name", ""))
-            tensor = ep.state_dict.get(pname) if pname else None
-            if tensor is not None and tensor.dtype == torch.float32:
-                name = pname[: -len(".weight")] if pname.endswith(".weight") else pname
-                out.append((name, tensor.detach().cpu().numpy()))
+    for name, _ in linear_nodes(ep):
+        tensor = ep.state_dict.get(name + ".weight", ep.state_dict.get(name))
+        if tensor is not None and tensor.dtype == torch.float32:
+            out.append((name, tensor.detach().cpu().numpy()))
     return out
