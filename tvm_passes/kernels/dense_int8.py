@@ -2,8 +2,9 @@
 input features): y = relu?(C m[o] + a[o]), C[m, o] = sum_k Wq[o, k] u8(x)[m, k] in int32.
 
 A linear layer at a small batch is a stream over its weight: VGG-16's first classifier layer
-holds 25088 x 4096 weights, 411 MB in float32, which at batch 1 took 17 of the 56 ms of the
-float32 sparse model, all of it memory traffic.  In int8 the stream is 103 MB.
+holds 25088 x 4096 weights, 411 MB in float32; its three linear layers took 17 of the 56 ms of
+the float32 sparse model at batch 1, nearly all of it memory traffic.  In int8 the first
+layer's stream is 103 MB.
 
   "Xq"   the input quantized (formula 5.2), rows clamped up to MP, columns up to KP (the weight is
          0 there, so what they hold does not matter)
