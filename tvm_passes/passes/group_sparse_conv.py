@@ -215,44 +215,50 @@ class GroupSparseConv:
         gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), "gbd_conv_" + name.replace(".", "_"))
         if built is not None and int8 is not None:
             q = self.quant[name]
-            rebuild = functools.partial(self._int8_rebuild, dshape, weight, bias, q, kw)
-            int8[gv.name_hint] = Int8Conv(q["scale"], q["zero"], has_res, rebuild)
+            kernel = functools.partial(self._int8_conv_kernel, dshape, weight, bias, q, kw)
+            int8[gv.name_hint] = Int8Conv(q["scale"], q["zero"], has_res, lambda *flags: kernel(*flags)[0])
         args = [data] + [relax.const(c) for c in consts] + ([res] if has_res else [])
         return with_span(relax.call_tir(gv, args, relax.TensorType(oshape, "float32")), call.span)
 
-    def _int8_conv(self, name, dshape, weight, bias, kw):
-        """(PrimFunc, consts) of the int8 kernel, or None (with a warning) to stay float32."""
+    def _int8_build(self, kind, name, build):
+        """``build(q)`` -> (PrimFunc, consts) of an int8 kernel with the layer's calibrated input
+        ``q``, or None (with a warning naming the layer) to stay float32: no range, or the int8
+        kernel cannot be built."""
         q = self.quant.get(name)
         if q is None:
-            warnings.warn(f"gbd-export: conv {name!r} has no calibration range; it stays float32", stacklevel=2)
+            warnings.warn(f"gbd-export: {kind} {name!r} has no calibration range; it stays float32", stacklevel=3)
             return None
         try:
-            return _kernels().conv2d_gather_gemm_int8(dshape, weight, bias, x_scale=q["scale"], x_zero=q["zero"], **kw)
+            return build(q)
         except Exception as exc:  # noqa: BLE001 - any failure of the int8 build: the float32 kernel instead
             first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
             warnings.warn(
-                f"gbd-export: conv {name!r} cannot be quantized ({type(exc).__name__}: {first}); it stays float32",
-                stacklevel=2,
+                f"gbd-export: {kind} {name!r} cannot be quantized ({type(exc).__name__}: {first}); it stays float32",
+                stacklevel=3,
             )
             return None
 
+    def _int8_conv(self, name, dshape, weight, bias, kw):
+        return self._int8_build("conv", name, lambda q: self._int8_conv_kernel(dshape, weight, bias, q, kw))
+
     def _int8_linear(self, name, dshape, weight, bias, relu):
-        """(PrimFunc, consts) of the int8 linear layer, or None (with a warning) to stay float32."""
-        q = self.quant.get(name)
-        if q is None:
-            warnings.warn(f"gbd-export: linear layer {name!r} has no calibration range; it stays float32", stacklevel=2)
-            return None
-        return _kernels().dense_gemm_int8(
-            dshape, weight, bias, x_scale=q["scale"], x_zero=q["zero"], relu=relu, target=self.target
+        kernels, tgt = _kernels(), self.target
+        return self._int8_build(
+            "linear layer",
+            name,
+            lambda q: kernels.dense_gemm_int8(
+                dshape, weight, bias, x_scale=q["scale"], x_zero=q["zero"], relu=relu, target=tgt
+            ),
         )
 
-    def _int8_rebuild(self, dshape, weight, bias, q, kw, in_u8, out_q, res_q):
-        """The int8 kernel again, with uint8 input / output / residual (same consts)."""
-        kernels = _kernels()
+    @staticmethod
+    def _int8_conv_kernel(dshape, weight, bias, q, kw, in_u8=False, out_q=None, res_q=None):
+        """(PrimFunc, consts) of the int8 conv; with uint8 input / output / residual when rebuilt
+        by ``passes.uint8_carry`` (the consts do not change)."""
         carry = dict(in_u8=in_u8, out_q=out_q, res_q=res_q)
-        return kernels.conv2d_gather_gemm_int8(
+        return _kernels().conv2d_gather_gemm_int8(
             dshape, weight, bias, x_scale=q["scale"], x_zero=q["zero"], **kw, **carry
-        )[0]
+        )
 
     @staticmethod
     def _mark_carried(old, new, flags):
