@@ -22,22 +22,27 @@ from functools import reduce
 from tvm import s_tir, te, tirx
 
 from .cpu import VECTOR_LANES, stride2_intrin
+from .lowering import conv_output_size
 
 DTYPES = ("float32", "uint8")
 
 
-def pool_output_size(size: int, k: int, s: int, p0: int, p1: int) -> int:
-    return (size + p0 + p1 - k) // s + 1
+def pool_dims(in_shape, pool_size, strides, padding):
+    """(OH, OW, OWP, WH): the output size (the conv's formula, no dilation), the row length "D"
+    computes (whole 16-blocks at stride 2, the shuffle's unit; "out" copies the first OW) and
+    the row length of "H"."""
+    OH, OW = conv_output_size(int(in_shape[2]), int(in_shape[3]), *pool_size, strides, padding, (1, 1))
+    OWP = -(-OW // VECTOR_LANES) * VECTOR_LANES if strides[1] == 2 else OW
+    return OH, OW, OWP, (OWP - 1) * strides[1] + 1
 
 
 def check_pool(in_shape, pool_size, strides, padding, dtype) -> None:
     """ValueError unless the kernel computes this pooling exactly (every window overlaps the input)."""
     if dtype not in DTYPES:
         raise ValueError(f"max-pool kernel: dtype {dtype} is not one of {', '.join(DTYPES)}")
-    H, W = (int(v) for v in in_shape[2:])
-    for size, k, s, p0, p1 in ((H, pool_size[0], strides[0], padding[0], padding[2]),
-                               (W, pool_size[1], strides[1], padding[1], padding[3])):  # fmt: skip
-        n = pool_output_size(size, k, s, p0, p1)
+    out = pool_dims(in_shape, pool_size, strides, padding)[:2]
+    for d in (0, 1):  # rows, columns
+        size, n, k, s, p0, p1 = int(in_shape[2 + d]), out[d], pool_size[d], strides[d], padding[d], padding[d + 2]
         if n < 1 or max(p0, p1) >= k or (n - 1) * s - p0 > size - 1:
             raise ValueError(
                 f"max-pool kernel: window {k}, stride {s}, padding {p0}/{p1} on {size} leaves windows outside the input"
@@ -49,10 +54,7 @@ def max_pool_te(in_shape, pool_size, strides, padding, dtype: str):
     N, C, H, W = in_shape
     (kh, kw), (sh, sw) = pool_size, strides
     pt, pl = padding[0], padding[1]
-    OH = pool_output_size(H, kh, sh, padding[0], padding[2])
-    OW = pool_output_size(W, kw, sw, padding[1], padding[3])
-    OWP = _padded_row(OW, sw)
-    WH = (OWP - 1) * sw + 1
+    OH, OW, OWP, WH = pool_dims(in_shape, pool_size, strides, padding)
     x = te.placeholder((N, C, H, W), dtype, name="x")
 
     def clamp(v, n):
@@ -73,18 +75,10 @@ def max_pool_te(in_shape, pool_size, strides, padding, dtype: str):
     return te.create_prim_func([x, out])
 
 
-def _padded_row(OW: int, sw: int) -> int:
-    """Output row length the decimation "D" computes: whole 16-blocks at stride 2 (the shuffle's
-    unit; "out" copies the first OW), else OW."""
-    return -(-OW // VECTOR_LANES) * VECTOR_LANES if sw == 2 else OW
-
-
 def schedule_max_pool_cpu(func, in_shape, pool_size, strides, padding, dtype: str):
     """Parallel over (image, channel) planes; per output row its V, H and D rows, as vector loops."""
-    _, _, H, W = in_shape
-    kw, sw, pl = pool_size[1], strides[1], padding[1]
-    OWP = _padded_row(pool_output_size(W, kw, sw, padding[1], padding[3]), sw)
-    WH = (OWP - 1) * sw + 1
+    W, kw, sw, pl = in_shape[3], pool_size[1], strides[1], padding[1]
+    WH = pool_dims(in_shape, pool_size, strides, padding)[3]
     sch = s_tir.schedule.Schedule(func)
     # the loops of D (whole 16-blocks), not of out: a compute_at would shrink D to the OW out reads
     b, c, oh, dw = sch.get_loops(sch.get_sblock("D"))

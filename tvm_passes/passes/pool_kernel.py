@@ -27,7 +27,7 @@ class MaxPoolKernel:
 
     def _rewrite(self, expr, matches, bb):
         from ..kernels import max_pool2d
-        from ..kernels.pool import pool_output_size
+        from ..kernels.pool import pool_dims
 
         a, data = expr.attrs, matches[self.x]
         shape, oshape, dtype = kernel_shape(data), kernel_shape(expr), dtype_of(data)
@@ -41,8 +41,7 @@ class MaxPoolKernel:
         ):
             return expr
         k, s, p = (tuple(int(v) for v in t) for t in (a.pool_size, a.strides, a.padding))
-        out_hw = tuple(pool_output_size(shape[2 + i], k[i], s[i], p[i], p[i + 2]) for i in (0, 1))
-        if out_hw != tuple(oshape[2:]):  # ceil_mode with a last, partial window
+        if pool_dims(shape, k, s, p)[:2] != tuple(oshape[2:]):  # ceil_mode with a last, partial window
             return expr
         try:
             func = max_pool2d(shape, k, s, p, dtype)
