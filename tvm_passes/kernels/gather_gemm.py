@@ -251,6 +251,16 @@ def pack_dense_weight(weight, OI):
     return np.ascontiguousarray(wp.reshape(OO, OI, K).transpose(0, 2, 1))
 
 
+def _dense_operands(in_shape, weight):
+    """(weight as float32 (O, K), M, K) of a linear layer on input ``in_shape`` (M may be symbolic);
+    ValueError when the weight does not fit the input."""
+    weight = np.asarray(weight, dtype=np.float32)
+    M, K = _batch_dim(in_shape[0]), int(in_shape[1])
+    if weight.ndim != 2 or weight.shape[1] != K:
+        raise ValueError(f"weight {weight.shape} does not match input {in_shape}")
+    return weight, M, K
+
+
 def dense_gemm(in_shape, weight, bias=None, *, relu=False, target, dtype="float32"):
     """Linear layer y = x @ weight.T (+ bias, ReLU) with x (M, K), weight numpy (O, K).
 
@@ -265,11 +275,8 @@ def dense_gemm(in_shape, weight, bias=None, *, relu=False, target, dtype="float3
     if dtype == "int8":
         raise ValueError("int8 linear layers are built by dense_gemm_int8 (they need the input's scale)")
     tc = check_dtype(dtype, target) != "float32"
-    weight = np.asarray(weight, dtype=np.float32)
-    M, K = _batch_dim(in_shape[0]), int(in_shape[1])
-    O, K2 = weight.shape
-    if K2 != K:
-        raise ValueError(f"weight {weight.shape} does not match input {in_shape}")
+    weight, M, K = _dense_operands(in_shape, weight)
+    O = weight.shape[0]
     if tc:
         return _dense_tc(M, K, weight, bias, relu, dtype, target)
     OI = cuda.DENSE_OI if gpu else cpu.DENSE_OI
@@ -296,11 +303,8 @@ def dense_gemm_int8(in_shape, weight, bias=None, *, x_scale, x_zero, relu=False,
     target = _as_target(target)
     if _is_gpu(target):
         raise ValueError("dtype 'int8' has CPU (AVX-512 VNNI) kernels only")
-    weight = np.asarray(weight, dtype=np.float32)
-    M, K = _batch_dim(in_shape[0]), int(in_shape[1])
+    weight, M, K = _dense_operands(in_shape, weight)
     O = weight.shape[0]
-    if weight.shape[1] != K:
-        raise ValueError(f"weight {weight.shape} does not match input {in_shape}")
     wq, w_scale = quantize_weight(weight)
     mul, add = requant_epilogue(wq, w_scale, x_scale, x_zero, bias)
     TM = cpu.dense_row_tile(M)
