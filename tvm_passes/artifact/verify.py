@@ -15,8 +15,8 @@ UNIT_ROUNDOFF = {"float32": 2.0**-24, "tf32": 2.0**-11, "float16": 2.0**-11, "bf
 
 #: int8 against its fake-quant reference: the same integers, but an activation that lands on a rounding
 #: boundary can round the other way when the float sums before it differ in the last bit (one step of
-#: that layer's scale), and through the layers such flips add up: measured 7.6e-5 (ResNet-8),
-#: 7e-4 (ResNet-18), 1.1e-2 (VGG-16: 13 convs, no batch norm); docs/formulas.md 5.5
+#: that layer's scale), and through the layers such flips add up (measured values: docs/formulas.md
+#: 5.5; 2e-2 rather than 1e-2 since VGG-16, 13 convs without batch norm, once measured 1.1e-2)
 INT8_TOLERANCE = 2e-2
 
 

@@ -151,11 +151,15 @@ def _residual_params(gm, by_node, quant, residual_u8) -> dict:
     """add node name -> (operand index, its quant params) for the residual adds of ``residual_u8``:
     one operand comes from such a conv (through its batch norm), the other is the input of an int8
     conv, whose (scale, zero point) the carried tensor has."""
+    import operator
+
+    import torch
     from torch.fx import Node
 
+    adds = {torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor, operator.add, operator.iadd}
     out = {}
     for n in gm.graph.nodes:
-        if n.op != "call_function" or "add" not in str(n.target) or len(n.args) < 2:
+        if n.op != "call_function" or n.target not in adds or len(n.args) < 2:
             continue
         for i in (0, 1):
             src, other = n.args[1 - i], n.args[i]
