@@ -123,7 +123,7 @@ class _Plan:
                 self.carried(var),
                 self.carried(args[-1]) if conv.has_res else None,
             )
-            if any(f not in (None, False) for f in flags):
+            if any(flags):
                 out[_kernel_gv(value).name_hint] = flags
         return out
 
