@@ -185,6 +185,25 @@ def test_row_aligned_mode_is_used():
     assert lower_conv((1, 4, 11, 11), w, padding=(1, 1, 1, 1), row_align=(16, 8))[0].OWP == 0
 
 
+@pytest.mark.parametrize("HW", [24, 56])
+def test_rows_that_are_not_whole_vectors(HW):
+    """56-pixel rows are numbered 56 apart, not padded to 64 (12.5% of the GEMM), and gathered
+    row by row as 3 x 16 + 8 lanes (cpu.schedule_row_gather)."""
+    from tvm_passes.kernels import cpu
+
+    w = gbd_weight(16, 6, 3, 3, 0.5, seed=5)
+    geom = lower_conv((2, 6, HW, HW), w, padding=(1, 1, 1, 1), **cpu.lowering_params(16))[0]
+    assert geom.OWP == HW and geom.NRP and geom.NP == geom.NRP * HW
+    if HW == 56:
+        assert geom.NP == 56 * 56  # no padded pixel at all
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 6, HW, HW)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    func, consts = conv2d_gather_gemm(x.shape, w, b, padding=(1, 1, 1, 1), relu=True, target=LLVM)
+    ref = ref_conv(x, w, b, 1, (1, 1, 1, 1), 1, 1, True)
+    assert rel_err(run_llvm(func, [x, *consts], ref.shape), ref) <= TOL
+
+
 def test_relax_call_tir_two_kernels():
     """The way the Relax passes use the library: several kernels in one module via call_tir."""
     from tvm import relax

@@ -77,6 +77,12 @@ def schedule_row_gather(sch, pblk, geom: ConvGeometry, dtype: str):
     if not geom.OWP:
         return
     _, pn = sch.get_loops(pblk)[-2:]
+    if not strided_rows(geom) and geom.NRP and geom.OWP % VECTOR_LANES:
+        # whole rows that are not whole vectors (56 pixels): split by rows, so that no vector
+        # straddles two (a 56-pixel row as 7 runs of 8 computed n // 56 per run: 31% of the conv)
+        _, pw = sch.split(pn, [None, geom.OWP])
+        vectorize_row(sch, pw, geom.OWP)
+        return
     _, pv = sch.split(pn, [None, geom.ROWV])
     if not strided_rows(geom):
         sch.vectorize(pv)
@@ -241,16 +247,21 @@ def _schedule_epilogue(sch, geom: ConvGeometry, fused_at):
         if geom.OWP == 0:
             ew = sch.fuse(eh, ew)
         ext = geom.OH * geom.OW if geom.OWP == 0 else geom.OW
+    vectorize_row(sch, ew, ext)
+
+
+def vectorize_row(sch, loop, ext):
+    """A row loop of ``ext`` elements as 16-lane vectors: whole vectors, then the rest (a 56-pixel
+    row: 3 x 16 + 8, not 7 x 8), or the widest of 16 / 8 / 4 lanes that divides it."""
     if ext > VECTOR_LANES and ext % VECTOR_LANES and ext <= MAX_VECTOR_ROW:
-        # whole 16-lane vectors, then the rest (a 56-pixel row: 3 x 16 + 8, was 7 x 8)
-        head, tail = sch.loop_partition(ew, [ext // VECTOR_LANES * VECTOR_LANES, None])
+        head, tail = sch.loop_partition(loop, [ext // VECTOR_LANES * VECTOR_LANES, None])
         _, ev = sch.split(head, [None, VECTOR_LANES])
         sch.vectorize(ev)
         sch.vectorize(tail)
         return
     for vw in (16, 8, 4):
         if ext % vw == 0:
-            _, ev = sch.split(ew, [None, vw])
+            _, ev = sch.split(loop, [None, vw])
             sch.vectorize(ev)
             break
 

@@ -96,40 +96,52 @@ def conv_output_size(H, W, kh, kw, stride, padding, dilation):
     return OH, OW
 
 
+def _chunking(OH, OW, OWP, NV, chunk_tiles, whole_rows):
+    """(NTC, NP, NRP) of one pixel numbering (row length OWP, 0: flat): the n-chunk of NTC tiles per
+    parallel task, trading padding against the per-chunk overhead; with ``whole_rows`` and OWP > 0,
+    chunks of whole output rows (the epilogue can then run per chunk): NTC * NV = R * OWP."""
+    NN = OH * (OWP or OW)
+    nvt = -(-NN // NV)
+    NTC = min(chunk_tiles, key=lambda c: (_round_up(nvt, c) / nvt * (1 + 0.5 / c), -c))
+    NP, NRP = _round_up(nvt, NTC) * NV, 0
+    unit = math.lcm(OWP, NV) // NV if OWP else 0
+    if OWP and whole_rows and unit <= max(chunk_tiles):
+        cands = [unit * m for m in range(1, max(chunk_tiles) // unit + 1)]
+
+        def cost(c):
+            rows = c * NV // OWP
+            return (_round_up(OH, rows) / OH * (1 + 0.5 / c), -c)
+
+        NTC = min(cands, key=cost)
+        NRP = _round_up(OH, NTC * NV // OWP)
+        NP = NRP * OWP
+    return NTC, NP, NRP
+
+
 def _pixel_numbering(OH, OW, sh, sw, Wp, NV, row_align, max_row_waste, chunk_tiles, whole_rows):
     """Output pixel numbering n and its parallel chunking: (OWP, ROWV, NTC, NP, NRP, base int64[NP]).
 
-    Row-aligned mode (OWP > 0): n = oh * OWP + ow with rows padded to a multiple of row_align, so
-    a vector of row_align pixels is one contiguous input run and the gather needs no table.  Flat
-    mode (OWP = 0): n = oh * OW + ow through base[n]."""
-    OWP = ROWV = 0
+    Row-aligned mode (OWP > 0): n = oh * OWP + ow with rows padded to a multiple of one of
+    ``row_align`` (the one that leaves the fewest padded pixels after chunking, the first on a tie),
+    so a vector of ROWV pixels is one contiguous input run and the gather needs no table (a 56-pixel
+    row: 56 with 8-pixel runs, not 64, which would compute 12.5% more; strided convs take the first
+    alignment that fits).  Flat mode (OWP = 0):
+    n = oh * OW + ow through base[n]."""
+    best = None
     for ra in row_align if isinstance(row_align, (tuple, list)) else (row_align,):
         if ra and _round_up(OW, ra) <= max_row_waste * OW:
-            OWP, ROWV = _round_up(OW, ra), ra
-            break
-    NN = OH * (OWP or OW)
-    nvt = -(-NN // NV)
-    # n-chunk (tiles per parallel task): trade padding against the per-chunk overhead
-    NTC = min(chunk_tiles, key=lambda c: (_round_up(nvt, c) / nvt * (1 + 0.5 / c), -c))
-    NP = _round_up(nvt, NTC) * NV
-    NRP = 0
-    if OWP and whole_rows:
-        # chunks of whole output rows (the epilogue can then run per chunk): NTC * NV = R * OWP
-        unit = math.lcm(OWP, NV) // NV
-        if unit <= max(chunk_tiles):
-            cands = [unit * m for m in range(1, max(chunk_tiles) // unit + 1)]
-
-            def cost(c):
-                rows = c * NV // OWP
-                return (_round_up(OH, rows) / OH * (1 + 0.5 / c), -c)
-
-            NTC = min(cands, key=cost)
-            NRP = _round_up(OH, NTC * NV // OWP)
-            NP = NRP * OWP
+            OWP = _round_up(OW, ra)
+            cand = (OWP, ra, *_chunking(OH, OW, OWP, NV, chunk_tiles, whole_rows))
+            if best is None or cand[3] < best[3]:
+                best = cand
+            if sw != 1:  # strided rows are gathered by 16-pixel runs (te_defs.strided_rows): the first fit
+                break
+    OWP, ROWV, NTC, NP, NRP = best or (0, 0, *_chunking(OH, OW, 0, NV, chunk_tiles, whole_rows))
     n = np.arange(NP)
     if OWP:
         base = (n // OWP) * sh * Wp + (n % OWP) * sw
     else:
+        NN = OH * OW
         base = np.where(n < NN, (n // OW) * sh * Wp + (n % OW) * sw, 0)
     base = base.astype(np.int64)
     return OWP, ROWV, NTC, NP, NRP, base
