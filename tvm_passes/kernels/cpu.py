@@ -23,6 +23,8 @@ CONV_KC = 256  # reduction block
 DENSE_OI = 32  # output features per register tile (2 zmm vectors)
 CONV_ROW_ALIGN = (16, 8)  # output rows padded to 16 (else 8) pixels: one vector copy = one input run
 
+#: images per thread from which each parallel task is one whole image (image_tasks)
+IMAGE_TASKS = 4
 #: float32 lanes of one AVX-512 register
 VECTOR_LANES = 16
 #: padded input rows up to this length are copied as one vector op
@@ -139,9 +141,27 @@ def dense_row_tile(M):
     return min((6, 8, 7, 5, 4), key=lambda tm: (-(-M // tm) * tm - M, (6, 8, 7, 5, 4).index(tm)))
 
 
+def image_tasks(geom: ConvGeometry, nthreads: int) -> bool:
+    """Whether each parallel task is a whole image (a static batch of at least IMAGE_TASKS images
+    per thread): the padded copy of that image is then made inside its task, right before its
+    gathers read it from cache, instead of one pass over the batch whose output (28 MB for a 64-map
+    56x56 conv at batch 32) goes to memory and comes back.  Row-aligned numbering only: its gather
+    offsets are bounded (te_defs.gather_rows), a base-table gather's are not."""
+    if not geom.OWP or strided_rows(geom):  # the stride-2 row copies (stage P2) are placed later
+        return False
+    return isinstance(geom.N, int) and geom.N >= IMAGE_TASKS * nthreads
+
+
+def t_chunks(geom: ConvGeometry, target) -> int:
+    """t-chunks per task of the float32 kernel: 1 with whole-image tasks, else choose_t_split."""
+    nthreads = _num_threads(target)
+    return 1 if image_tasks(geom, nthreads) else choose_t_split(geom, nthreads)
+
+
 def schedule_conv_cpu(func, geom: ConvGeometry, target):
     """Schedule the conv_te PrimFunc (blocks Dp, P, C, out) for a multi-core AVX-512 CPU."""
-    tpo = choose_t_split(geom, _num_threads(target))
+    per_image = image_tasks(geom, _num_threads(target))
+    tpo = t_chunks(geom, target)
     if geom.TO % tpo:
         tpo = 1
     sch = s_tir.schedule.Schedule(func)
@@ -149,19 +169,22 @@ def schedule_conv_cpu(func, geom: ConvGeometry, target):
     # t-chunk of a group is whole (no padded filters inside a split group), else some filters of
     # each group are never written (found by tests/test_fuzz.py)
     fused_epi = bool(geom.NRP) and (geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1))
-    par, ko = _schedule_gemm(sch, geom, tpo, fused_epi)
-    # gather the patch panel once per parallel task and k block
+    par, task, ko = _schedule_gemm(sch, geom, tpo, fused_epi, per_image)
+    # gather the patch panel once per task and k block
     pblk = sch.get_sblock("P")
     sch.compute_at(pblk, ko)
+    # before the gather's loop partitions: compute_at finds its consumers among the original blocks
+    _schedule_padded_copy(sch, geom, par if per_image else None)
     schedule_row_gather(sch, pblk, geom, "float32")
-    _schedule_padded_copy(sch, geom)
-    _schedule_epilogue(sch, geom, par if fused_epi else None)
+    _schedule_epilogue(sch, geom, task if fused_epi else None)
     return sch.mod["main"]
 
 
-def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool):
+def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool, per_image: bool = False):
     """k-blocked GEMM: the P stripe [KC, NV] stays in L1 across all t tiles; (t, n) register tile
-    TI x NV with the n lanes vectorized.  Returns (parallel loop, k-block loop)."""
+    TI x NV with the n lanes vectorized.  Returns (parallel loop, task loop, k-block loop): a task is
+    one (image, group, n-chunk, t-chunk), run in parallel, or with ``per_image`` run in turn inside
+    its image's parallel iteration."""
     blk = sch.get_sblock("C")
     if geom.NRP:
         b, g, t, r, w, k = sch.get_loops(blk)
@@ -172,11 +195,14 @@ def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool):
     no, nt, nv = sch.split(n, [None, geom.NTC, geom.NV])
     ko, ki = sch.split(k, [None, geom.KC])
     sch.reorder(b, g, no, tp, ko, nt, to, ki, ti, nv)
-    par = sch.fuse(b, g, no, tp)
+    if per_image:
+        par, task = b, sch.fuse(g, no, tp)
+    else:
+        par = task = sch.fuse(b, g, no, tp)
     sch.parallel(par)
     if not fused_epi:
         acc = sch.cache_write(blk, 0, "local")
-        sch.reverse_compute_at(acc, par)
+        sch.reverse_compute_at(acc, task)
     sch.unroll(ti)
     if geom.NV > VECTOR_LANES:
         nvo, nv = sch.split(nv, [None, VECTOR_LANES])
@@ -186,20 +212,24 @@ def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool):
     sch.vectorize(sch.get_loops(init)[-1])
     if not fused_epi:
         sch.vectorize(sch.get_loops(acc)[-1])
-    return par, ko
+    return par, task, ko
 
 
-def _schedule_padded_copy(sch, geom: ConvGeometry):
-    """Padded copy of the live maps: iterate (b, l, h, w) instead of the flat index (no divisions)."""
+def _schedule_padded_copy(sch, geom: ConvGeometry, at=None):
+    """Padded copy of the live maps: iterate (b, l, h, w) instead of the flat index (no divisions);
+    a parallel pass over the batch, or (``at``: an image's parallel loop) that image's copy in its task."""
     dblk = sch.get_sblock("Dp")
     HW = geom.Hp * geom.Wp
     if geom.Hp == 1:  # one padded row: (f % HW) // Wp is constant, not a bijective affine map
         sch.transform_block_layout(dblk, lambda b, f: (b, f // geom.Wp, f % geom.Wp))
-        db, dl, dw = sch.get_loops(dblk)
     else:
         sch.transform_block_layout(dblk, lambda b, f: (b, f // HW, f % HW // geom.Wp, f % geom.Wp))
-        db, dl, _, dw = sch.get_loops(dblk)
-    sch.parallel(sch.fuse(db, dl))
+    if at is not None:
+        sch.compute_at(dblk, at)
+    else:
+        db, dl = sch.get_loops(dblk)[:2]
+        sch.parallel(sch.fuse(db, dl))
+    dw = sch.get_loops(dblk)[-1]
     if geom.Wp <= MAX_VECTOR_ROW:  # a whole padded row as vector ops (the masked load is branch-free)
         for loop in partition_row(sch, dw, geom):
             sch.vectorize(loop)

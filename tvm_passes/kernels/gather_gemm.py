@@ -105,11 +105,14 @@ def build_context(target):
     return tvm.transform.PassContext(opt_level=cur.opt_level, config=cfg, disabled_pass=list(cur.disabled_pass))
 
 
-def _lower_cpu(data_shape, weight, kw, lw, target):
-    """lower_conv for the CPU schedules: with the filter rows padded so that the t-chunks of
-    cpu.choose_t_split divide evenly."""
+def _lower_cpu(data_shape, weight, kw, lw, target, int8=False):
+    """lower_conv for the CPU schedules: with the filter rows padded so that the t-chunks of the
+    schedule (float32: cpu.t_chunks; int8: cpu.choose_t_split) divide evenly."""
     lowered = lower_conv(data_shape, weight, **kw, **lw)
-    tpo = cpu.choose_t_split(lowered[0], cpu._num_threads(target))
+    if int8:
+        tpo = cpu.choose_t_split(lowered[0], cpu._num_threads(target))
+    else:
+        tpo = cpu.t_chunks(lowered[0], target)
     if lowered[0].TO % tpo:
         lowered = lower_conv(data_shape, weight, **kw, **lw, to_multiple=tpo)
     return lowered
@@ -224,11 +227,11 @@ def conv2d_gather_gemm_int8(
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
     data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
     lw = {**cpu.lowering_params(Tg), **cpu_int8.LOWERING}
-    geom, F, live, off, base = _lower_cpu(data_shape, wq.astype(np.float32), kw, lw, target)
+    geom, F, live, off, base = _lower_cpu(data_shape, wq.astype(np.float32), kw, lw, target, int8=True)
     amx = has_amx(target) and geom.KP >= (cpu_amx.MIN_K if amx_min_k is None else amx_min_k)
     if amx:
         lw = {**cpu.lowering_params(Tg), **cpu_amx.lowering_params(Tg)}
-        geom, F, live, off, base = _lower_cpu(data_shape, wq.astype(np.float32), kw, lw, target)
+        geom, F, live, off, base = _lower_cpu(data_shape, wq.astype(np.float32), kw, lw, target, int8=True)
     G, TO, KP, TI = F.shape
     if amx:  # [G, TO, KP, TI] -> [G, TO * TI, KP]: one row of gather-row bytes per filter
         Fq = F.transpose(0, 1, 3, 2).reshape(G, TO * TI, KP)

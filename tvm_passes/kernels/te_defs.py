@@ -107,24 +107,36 @@ def strided_rows(g_: ConvGeometry) -> bool:
 
 def gather_rows(g_: ConvGeometry, Dp, off, base):
     """Stage "P": P[b, g, k, n] = Dp[b, off[g, k] + pix(n)], the gathered rows (formula 1.18);
-    through stage "P2" (whole input rows, contiguous) when ``strided_rows``."""
+    through stage "P2" (whole input rows, contiguous) when ``strided_rows``.  With row-aligned
+    numbering the offset is clamped to where the rows it starts stay inside Dp (always true, and
+    what lets a schedule compute an image's Dp right before its gathers: a table lookup alone
+    has no bounds for the region analysis)."""
     if strided_rows(g_):
         rows, width = g_.NP // g_.OWP, 2 * g_.OWP - 1
+        last = (rows - 1) * g_.sh * g_.Wp + width - 1
         P2 = te.compute(
             (g_.N, g_.G, g_.KP, rows, width),
-            lambda b, g, k, r, w: Dp[b, off[g, k] + r * (g_.sh * g_.Wp) + w],
+            lambda b, g, k, r, w: Dp[b, _row_start(g_, off[g, k], last) + r * (g_.sh * g_.Wp) + w],
             name="P2",
         )
         return te.compute(
             (g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: P2[b, g, k, n // g_.OWP, 2 * (n % g_.OWP)], name="P"
         )
+    if g_.OWP:
+        last = (g_.NP // g_.OWP - 1) * g_.sh * g_.Wp + (g_.OWP - 1) * g_.sw
+        return te.compute(
+            (g_.N, g_.G, g_.KP, g_.NP),
+            lambda b, g, k, n: Dp[
+                b, _row_start(g_, off[g, k], last) + (n // g_.OWP) * (g_.sh * g_.Wp) + (n % g_.OWP) * g_.sw
+            ],
+            name="P",
+        )
+    return te.compute((g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: Dp[b, off[g, k] + base[n]], name="P")
 
-    def pix(n):
-        if g_.OWP:
-            return (n // g_.OWP) * (g_.sh * g_.Wp) + (n % g_.OWP) * g_.sw
-        return base[n]
 
-    return te.compute((g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: Dp[b, off[g, k] + pix(n)], name="P")
+def _row_start(g_: ConvGeometry, o, last: int):
+    """The gather offset ``o`` clamped to [0, DPLEN - 1 - last] (``last``: the largest pixel offset)."""
+    return tirx.min(tirx.max(o, 0), g_.DPLEN - 1 - last)
 
 
 def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = False, dtype: str = "float32"):
