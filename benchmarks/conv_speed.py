@@ -56,6 +56,11 @@ def parse():
     ap.add_argument("--no-lowrank", action="store_true")
     ap.add_argument("--lowrank-only", action="store_true", help="only the low-rank decomposition part")
     ap.add_argument(
+        "--pair-ratios",
+        default="",
+        help="low-rank pairs at these FLOP ratios (e.g. 0.9,0.75,0.6) instead of ranks T/4, T/2",
+    )
+    ap.add_argument(
         "--cpu-time",
         action="store_true",
         help="with --threads 1: time by the calling thread's CPU time (robust on an "
@@ -195,6 +200,16 @@ def run_shape(spec, N, densities, tgt, rounds, budget):
     return rows
 
 
+def _ranks(T, fan_in):
+    """(label, rank) of the pairs timed: T/4 and T/2, or with --pair-ratios the ranks whose pair does
+    that fraction of the conv's FLOPs (pair_flop_ratio, docs/formulas.md eq. 3.5): the crossover
+    behind cost_model.MAX_PAIR_FLOP_RATIO."""
+    if not ARGS.pair_ratios:
+        return (("T/4", T // 4), ("T/2", T // 2))
+    ratios = [float(r) for r in ARGS.pair_ratios.split(",")]
+    return tuple((f"x{r:g}", max(1, round(r * T * fan_in / (fan_in + T)))) for r in ratios)
+
+
 def run_lowrank(spec, N, tgt, rounds, budget):
     import torch
     import tvm
@@ -219,7 +234,7 @@ def run_lowrank(spec, N, tgt, rounds, budget):
     fns["tvm_dense"], _ = build_kernel(tvm, func, consts, tgt, x_tvm, (N, T, OH, OH))
     flops0 = decomposed_flops(conv, x.shape)
     info = {}
-    for frac, rank in (("T/4", T // 4), ("T/2", T // 2)):
+    for frac, rank in _ranks(T, C * k * k):
         seq, relerr = pca_decompose(conv, rank=rank)
         seq.eval()
         c1, c2 = seq[0], seq[1]
@@ -255,6 +270,7 @@ def run_lowrank(spec, N, tgt, rounds, budget):
         common.torch_isolated(
             dict(
                 kind="lowrank",
+                ranks=[list(r) for r in _ranks(T, C * k * k)],
                 C=C,
                 T=T,
                 k=k,

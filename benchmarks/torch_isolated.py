@@ -12,8 +12,9 @@ therefore time PyTorch through ``common.torch_isolated``
                                           "H": 27, "batch": 32, "threads": 2}'
 
 Prints one JSON line: ``{variant: {"ms", "min_ms", "samples", "inner"}, ...}`` with the variants
-``torch`` (``threads`` threads) and ``torch1`` (1 thread), plus ``torch_T/4`` / ``torch_T/2`` for
-``kind: lowrank`` (the PCA pair's shapes: k x k conv to rank K without bias, then 1x1 to T) and
+``torch`` (``threads`` threads) and ``torch1`` (1 thread), plus ``torch_T/4`` / ``torch_T/2``
+(or ``torch_<label>`` for each ``[label, rank]`` of ``ranks``) for ``kind: lowrank`` (the PCA
+pair's shapes: k x k conv to rank K without bias, then 1x1 to T) and
 ``layers`` (per conv/linear ms, forward hooks) for ``kind: model``.
 """
 
@@ -40,7 +41,7 @@ def main(spec: dict) -> dict:
         x = torch.randn(n, C, H, H)
         mods["torch"] = nn.Conv2d(C, T, k, padding=pad).eval()
         if kind == "lowrank":
-            for frac, rank in (("T/4", T // 4), ("T/2", T // 2)):
+            for frac, rank in spec.get("ranks") or (("T/4", T // 4), ("T/2", T // 2)):
                 mods[f"torch_{frac}"] = nn.Sequential(
                     nn.Conv2d(C, rank, k, padding=pad, bias=False), nn.Conv2d(rank, T, 1)
                 ).eval()

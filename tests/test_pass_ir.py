@@ -8,7 +8,7 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from lightning_gbd.core.lowrank import pca_factors
+from lightning_gbd.core.lowrank import live_pair_flop_ratio, pair_flop_ratio, pca_factors
 from tvm_passes.frontend import import_program
 from tvm_passes.ir import layer_name
 from tvm_passes.passes import DeadChannels, GroupSparseConv, LowRankConv, kernel_records
@@ -64,6 +64,16 @@ def test_lowrank_conv_matches_the_hand_written_pair():
 
     mod = _module(lambda bb, x: relax.op.nn.conv2d(x, relax.const(w), padding=1))
     tvm.ir.assert_structural_equal(LowRankConv(0.01)(mod), _module(expected))
+
+
+def test_lowrank_conv_counts_only_the_live_groups():
+    """A GBD-sparse conv is weighed against its own gather-GEMM (eq. 3.5 over the live fan-in): this
+    pair would do 1.19x the FLOPs of the conv, though a dense count says 0.30x."""
+    w = np.zeros((16, 3, 3, 3), np.float32)
+    w[:, :, 1, 1] = np.random.default_rng(2).standard_normal((16, 3))  # tau = 1/9, rank 3
+    assert pair_flop_ratio(3, 16, 27) < 0.35 and live_pair_flop_ratio(w, 1, 3) > 1.15
+    mod = _module(lambda bb, x: relax.op.nn.conv2d(x, relax.const(w), padding=1))
+    tvm.ir.assert_structural_equal(LowRankConv(0.01)(mod), mod)
 
 
 def _sparse_net():

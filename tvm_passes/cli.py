@@ -89,7 +89,7 @@ def build_parser():
         type=float,
         default=None,
         metavar="E",
-        help="decompose convs whose PCA rank at error E lowers FLOPs (basis conv + 1x1; paper 002)",
+        help="decompose convs whose PCA rank at error E cuts FLOPs to <= 75%% (basis conv + 1x1; paper 002)",
     )
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -1,4 +1,5 @@
-"""Per-conv choice between the dense im2col GEMM and the GBD gather-GEMM.
+"""Per-conv choice between the dense im2col GEMM and the GBD gather-GEMM, and the threshold at which
+LowRankConv replaces a conv by a decomposed pair.
 
 Paper 000 section 3 / docs/formulas.md section 1 (eq. 1.4 for the FLOPs): the lowered conv does ``F @ P`` with
 ``K = sum_s |Omega_s|`` rows of P instead of ``S * kh * kw``, so the useful work scales with
@@ -21,6 +22,14 @@ from lightning_gbd.core.groups import conv_flops, density, group_mask
 #: (0.95-1.01x).  The gather's fixed cost is small because both kernels gather rows; the earlier
 #: 0.8 kept the dense GEMM where the gather was 7-30% faster.
 DENSE_DENSITY = 0.95
+#: LowRankConv decomposes a conv only where the pair does at most this fraction of its FLOPs
+#: (``core.lowrank.live_pair_flop_ratio``, docs/formulas.md eq. 3.5): two kernels, an
+#: intermediate map written and read again and a second epilogue cost more than their FLOPs.
+#: Measured (``python -m benchmarks.conv_speed --full --lowrank-only --only resnet18 --batches 1,32
+#: --pair-ratios 1.0,0.85,0.7,0.55 --out benchmarks/results/lowrank_crossover.json``): against our
+#: dense conv the pair ran 0.84-0.93x at ratio 1.0, 0.91-1.15x at 0.85 (slower on 2 of 8 shape x
+#: batch cases) and 1.18-1.29x at 0.7, so the old rule (ratio < 1) chose pairs up to 16% slower.
+MAX_PAIR_FLOP_RATIO = 0.75
 #: layers below this many dense FLOPs are not worth a specialised gather
 TINY_FLOPS = 2.0e5
 #: reduction length (C/groups * kh * kw) below which gathering saves nothing

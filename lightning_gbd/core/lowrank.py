@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .groups import conv_flops
+from .groups import conv_flops, group_mask
 
 
 def _rel_err(w: torch.Tensor, approx: torch.Tensor) -> float:
@@ -72,6 +72,16 @@ def pair_flop_ratio(rank: int, filters: int, fan_in: int) -> float:
     """FLOPs of the basis conv + 1x1 pair over the original conv, per conv group:
     ``K (C_g kh kw + N_g) / (N_g C_g kh kw)`` (docs/formulas.md section 3); < 1 means it pays."""
     return rank * (fan_in + filters) / (filters * fan_in)
+
+
+def live_pair_flop_ratio(weight, groups: int, rank: int) -> float:
+    """``pair_flop_ratio`` of a (possibly group-sparse) conv weight ``(N, C_g, kh, kw)``: its fan-in
+    counts only the live GBD groups, ``tau C_g kh kw`` (docs/formulas.md eq. 3.5).  The basis conv
+    keeps every all-zero column, and the conv it replaces runs as a gather-GEMM over those rows
+    (eq. 1.4), so a dense count would decompose sparse convs that get slower."""
+    filters = int(weight.shape[0]) // groups
+    live = float(group_mask(weight, groups).sum()) / groups
+    return pair_flop_ratio(rank, filters, max(live, 1.0))
 
 
 def pca_factors(

@@ -4,8 +4,11 @@
 ``conv2d(x, W)`` with filter matrix ``M`` (per conv group, ``N_g x C_g kh kw``) of uncentred-PCA
 rank ``K`` at error ``e`` becomes ``conv2d(conv2d(x, B), U)`` with ``B = S_K V_K^T`` (same
 stride/padding/dilation/groups) and the 1x1 ``U = U_K`` (``lightning_gbd.core.lowrank.pca_factors``,
-the same factorization the training callback uses), where that lowers FLOPs:
-``K (C_g kh kw + N_g) < N_g C_g kh kw``.  ``B = U_K^T M`` keeps every all-zero column of ``M``,
+the same factorization the training callback uses), where that pays:
+``K (tau C_g kh kw + N_g) <= r N_g tau C_g kh kw`` with ``tau`` the conv's GBD density (the basis
+conv keeps its patterns, and the original would be a gather-GEMM over the same ``tau C_g kh kw``
+rows) and ``r = cost_model.MAX_PAIR_FLOP_RATIO`` (measured: a pair that saves few FLOPs runs
+slower than the one conv it replaces).  ``B = U_K^T M`` keeps every all-zero column of ``M``,
 so the GBD patterns survive in the basis conv and pass 1 lowers it to a gather-GEMM; the 1x1
 stage takes the following bias/ReLU in its epilogue.  The two convs are named ``<layer>.basis``
 and ``<layer>.coeff`` on their spans.  Runs before pass 1 (group_sparse_conv).
@@ -17,8 +20,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from lightning_gbd.core.lowrank import pair_flop_ratio, pca_factors
+from lightning_gbd.core.lowrank import live_pair_flop_ratio, pca_factors
 
+from .. import cost_model
 from ..ir import const_numpy, is_constant, layer_name, named_span, op_name, with_span
 
 
@@ -73,10 +77,10 @@ def _low_rank_factors(call, error):
     if w.dtype != np.float32 or not w.any():
         return None
     g = int(a.groups)
-    n, cg, kh, kw = w.shape
+    n = w.shape[0]
     basis, coeff, _err = pca_factors(w, g, error=error)
     k = basis.shape[0] // g
-    if pair_flop_ratio(k, n // g, cg * kh * kw) >= 1:
+    if live_pair_flop_ratio(w, g, k) > cost_model.MAX_PAIR_FLOP_RATIO:
         return None
     return (
         np.ascontiguousarray(basis.numpy().astype(np.float32)),

@@ -14,7 +14,7 @@ import tvm
 from tvm import relax
 
 from lightning_gbd.core.groups import conv_flops, density, group_mask
-from lightning_gbd.core.lowrank import pair_flop_ratio, pca_factors
+from lightning_gbd.core.lowrank import live_pair_flop_ratio, pca_factors
 
 from ..ir import batch_count, bindings, const_numpy, is_constant, layer_name, op_name
 from .group_sparse_conv import RECORD_ATTR
@@ -75,7 +75,7 @@ def decomposition(name: str, weight, groups: int, rank: int, error_bound: float)
     """The manifest entry of a conv ``LowRankConv`` decomposed at rank ``rank`` per group."""
     n = weight.shape[0]
     _, _, err = pca_factors(weight, groups, rank=rank)
-    ratio = pair_flop_ratio(rank, n // groups, int(weight[0].size))
+    ratio = live_pair_flop_ratio(weight, groups, rank)
     return {
         "name": name,
         "decision": "decomposed",
