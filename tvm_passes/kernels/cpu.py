@@ -5,8 +5,10 @@ Conv: one parallel task per (image, conv group, n-chunk of NTC*32 pixels, t-chun
 per reduction block of KC gather rows, the patch block P[KC, chunk] is gathered (row-aligned
 numbering: 16- or 8-lane contiguous copies; otherwise a table gather), then a 6 x 32 register
 tile (6 rows of the packed filter broadcast, 32 pixels = 2 zmm vectors) accumulates over the
-block, so a P stripe [KC, 32] stays in L1 while all filter rows stream past it.  The padded copy
-of the live input maps and the bias/ReLU epilogue are separate parallel vectorized passes.
+block, so a P stripe [KC, 32] stays in L1 while all filter rows stream past it.  The bias /
+residual / ReLU epilogue runs per task on its whole output rows while they are in cache.  The
+padded copy of the live input maps is one parallel pass over the batch, or, from IMAGE_TASKS
+images per thread, made per image inside that image's task (``image_tasks``).
 """
 
 from __future__ import annotations
