@@ -74,6 +74,8 @@ def make_model(name):
         "alexnet": torchvision.models.alexnet,
         "vgg16": torchvision.models.vgg16,
         "resnet18": torchvision.models.resnet18,
+        "resnet50": torchvision.models.resnet50,
+        "mobilenet_v2": torchvision.models.mobilenet_v2,
     }[name]
     return fn(weights=None), (3, 224, 224)
 

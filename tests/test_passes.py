@@ -131,6 +131,24 @@ def test_conv_rewritten_to_gather_gemm_call_tir():
     assert rel_err(run_relax(mod, x), m(x).detach().numpy()) < 1e-4
 
 
+def test_relu6_fused_as_a_bounded_relu():
+    """MobileNet's ReLU6 (clip(x, 0, 6)) goes into the epilogue, with and without a bias and on a
+    depthwise conv; a clip with another lower bound stays its own op."""
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.ReLU6()
+    )
+    m = impose_gbd(m, 0.5, 0.0)
+    mod = GroupSparseConv(LLVM)(import_program(export(m, (2, 4, 9, 9))).mod)
+    assert "relax.clip" not in op_names(mod["main"])
+    assert [r["fused_relu"] for r in kernel_records(mod)] == [6.0, 6.0]
+    x = torch.randn(2, 4, 9, 9) * 4  # values above 6 and below 0
+    assert rel_err(run_relax(mod, x), m(x).detach().numpy()) < 1e-4
+    other = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Hardtanh(-1.0, 1.0)).eval()
+    mod = GroupSparseConv(LLVM)(import_program(export(other, (1, 4, 9, 9))).mod)
+    assert "relax.clip" in op_names(mod["main"]) and not kernel_records(mod)[0]["fused_relu"]
+
+
 def test_conv_intermediate_with_two_uses_not_fused():
     class Two(nn.Module):
         def __init__(self):

@@ -64,12 +64,16 @@ def _conv_gemm(g_: ConvGeometry, F, P, dtype):
 
 
 def _epilogue(v, bias=None, res=None, relu=False):
-    """relu?(v + bias + res) in float32: the fused epilogue of every kernel (docs/formulas.md 1.18)."""
+    """relu?(v + bias + res) in float32: the fused epilogue of every kernel (docs/formulas.md 1.18).
+    ``relu``: False, True (max(v, 0)) or a number ``hi`` (min(max(v, 0), hi): ReLU6 is 6.0)."""
     if bias is not None:
         v = v + bias
     if res is not None:
         v = v + res
-    return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
+    if relu is False or relu is None:
+        return v
+    v = tirx.max(v, tirx.const(0.0, "float32"))
+    return v if relu is True else tirx.min(v, tirx.const(float(relu), "float32"))
 
 
 def padded_value(g_: ConvGeometry, data, live, b, f, fill: int = 0):

@@ -30,6 +30,8 @@ RECORD_ATTR = "gbd.layer"
 
 #: TIR op_pattern kOpaque: keeps FuseOps / FuseTIR away from the pre-scheduled kernels
 _OPAQUE = 8
+#: the ``has_relu`` of the stages that end in clip(x, lo, hi): read off the call (_clip_max)
+CLIP = "clip"
 
 
 def _kernels():
@@ -61,6 +63,16 @@ def use_counts(func: relax.Function) -> dict:
     for v in relax.analysis.free_vars(func.body.body):
         counts[v] = counts.get(v, 0) + 1
     return {value: counts.get(var, 0) for var, value in var_of.items()}
+
+
+def _clip_max(clip: relax.Call):
+    """``hi`` of ``clip(x, 0, hi)`` with ``0 < hi < inf`` (ReLU6: 6.0), the epilogue's relu with an
+    upper bound (te_defs._epilogue); None for any other clip, which stays its own op."""
+    try:  # FloatImm bounds (as the importer makes them), or PrimValues holding one
+        lo, hi = (float(getattr(a.value, "value", a.value)) for a in clip.args[1:3])
+    except (AttributeError, TypeError, ValueError):  # bounds that are not constants
+        return None
+    return hi if lo == 0.0 and 0.0 < hi < float("inf") else None
 
 
 def _channel_vector(const, n: int, axis_from_end: int):
@@ -104,6 +116,9 @@ class GroupSparseConv:
         self.conv_bias = is_op("relax.add")(self.conv, self.b) | is_op("relax.add")(self.b, self.conv)
         self.conv_bias_relu = is_op("relax.nn.relu")(self.conv_bias)
         self.conv_relu = is_op("relax.nn.relu")(self.conv)
+        # ReLU6 (MobileNet) arrives as clip(x, 0, 6): fused as relu with an upper bound (_clip_max)
+        self.conv_bias_clip = is_op("relax.clip")(self.conv_bias, wildcard(), wildcard())
+        self.conv_clip = is_op("relax.clip")(self.conv, wildcard(), wildcard())
         # a ResNet block's skip connection: relu(conv + bias + res) in the kernel's epilogue
         self.r = wildcard()
         self.conv_res = is_op("relax.add")(self.conv_bias, self.r) | is_op("relax.add")(self.r, self.conv_bias)
@@ -117,8 +132,10 @@ class GroupSparseConv:
             (self.conv_res_relu, self.conv, True, True, True),
             (self.conv_res, self.conv, True, False, True),
             (self.conv_bias_relu, self.conv, True, True, False),
+            (self.conv_bias_clip, self.conv, True, CLIP, False),
             (self.conv_bias, self.conv, True, False, False),
             (self.conv_relu, self.conv, False, True, False),
+            (self.conv_clip, self.conv, False, CLIP, False),
             (self.conv, self.conv, False, False, False),
             (self.mm_bias_relu, self.mm, True, True, False),
             (self.mm_bias, self.mm, True, False, False),
@@ -145,6 +162,10 @@ class GroupSparseConv:
 
     def _conv_rewrite(self, expr, matches, has_bias, has_relu, uses, bb, count, has_res=False, int8=None):
         call = matches[self.conv]
+        if has_relu is CLIP:
+            has_relu = _clip_max(expr)  # the kernels' relu: True, or a float upper bound
+            if has_relu is None:
+                return expr
         if not self._intermediates_single_use(matches, expr, self.conv, has_bias, has_relu, uses, has_res):
             return expr
         a = call.attrs
