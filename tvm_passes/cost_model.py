@@ -76,3 +76,11 @@ def decide(data_shape, weight: np.ndarray, out_shape, groups: int = 1, sparse: b
         f"density {tau:.3f} <= {DENSE_DENSITY}: gather-GEMM does {tau:.0%} of the dense FLOPs "
         f"(ideal speed-up {1 / max(tau, 1e-9):.1f}x)",
     )
+
+
+def depthwise(dec: ConvDecision) -> ConvDecision:
+    """The decision of a depthwise conv run by the direct kernel (kernels/depthwise.py): every tap,
+    zero GBD taps included, so the dense FLOPs (a group of one filter row has no GEMM to thin)."""
+    return ConvDecision(
+        "dense", dec.density, dec.flops_dense, dec.flops_dense, "depthwise conv: the direct kernel, every tap"
+    )

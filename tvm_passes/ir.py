@@ -103,3 +103,25 @@ def batch_count(shape) -> int:
 def shape_record(shape) -> list:
     """A kernel shape for the manifest: a symbolic batch dim as its name (e.g. ``"batch"``)."""
     return [v if isinstance(v, int) else str(v) for v in shape]
+
+
+def channel_vector(const, n: int, axis_from_end: int):
+    """A constant that broadcasts per channel (size n at ``-axis_from_end``) as a vector, else None."""
+    arr = const_numpy(const)
+    if arr.dtype != np.float32:
+        return None
+    if arr.size == 1:
+        return np.full(n, float(arr.reshape(-1)[0]), dtype=np.float32)
+    if arr.ndim < axis_from_end or arr.shape[-axis_from_end] != n or arr.size != n:
+        return None
+    return np.ascontiguousarray(arr.reshape(-1))
+
+
+def clip_max(clip: relax.Call):
+    """``hi`` of ``clip(x, 0, hi)`` with ``0 < hi < inf`` (ReLU6: 6.0), the epilogue's relu with an
+    upper bound (te_defs._epilogue); None for any other clip, which stays its own op."""
+    try:  # FloatImm bounds (as the importer makes them), or PrimValues holding one
+        lo, hi = (float(getattr(a.value, "value", a.value)) for a in clip.args[1:3])
+    except (AttributeError, TypeError, ValueError):  # bounds that are not constants
+        return None
+    return hi if lo == 0.0 and 0.0 < hi < float("inf") else None

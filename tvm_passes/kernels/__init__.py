@@ -6,6 +6,7 @@ docs/formulas.md section 1 "Lowering").
 core, so parallel kernels ran at single-thread speed (28x28 conv: 1.33 ms bound, 0.68 ms unbound).
 """
 
+from .depthwise import depthwise_conv2d
 from .gather_gemm import (
     DTYPES,
     build_context,
@@ -29,6 +30,7 @@ __all__ = [
     "conv2d_gather_gemm_int8",
     "dense_gemm",
     "dense_gemm_int8",
+    "depthwise_conv2d",
     "pack_dense_weight",
     "conv_output_size",
     "max_pool2d",

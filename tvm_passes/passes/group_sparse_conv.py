@@ -20,8 +20,19 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from .. import cost_model
-from ..ir import batch_count, const_numpy, kernel_shape, layer_name, same_shape, shape_record, with_span
+from ..ir import (
+    batch_count,
+    channel_vector,
+    clip_max,
+    const_numpy,
+    kernel_shape,
+    layer_name,
+    same_shape,
+    shape_record,
+    with_span,
+)
 from ..ir import dtype_of as _dtype
+from ..kernels.depthwise import is_depthwise
 from .leftovers import warn_leftovers
 from .uint8_carry import Int8Conv, carry_uint8
 
@@ -30,7 +41,9 @@ RECORD_ATTR = "gbd.layer"
 
 #: TIR op_pattern kOpaque: keeps FuseOps / FuseTIR away from the pre-scheduled kernels
 _OPAQUE = 8
-#: the ``has_relu`` of the stages that end in clip(x, lo, hi): read off the call (_clip_max)
+#: the conv attributes the depthwise kernel takes
+DEPTHWISE_ATTRS = ("stride", "padding", "dilation", "relu")
+#: the ``has_relu`` of the stages that end in clip(x, lo, hi): read off the call (clip_max)
 CLIP = "clip"
 
 
@@ -65,28 +78,6 @@ def use_counts(func: relax.Function) -> dict:
     return {value: counts.get(var, 0) for var, value in var_of.items()}
 
 
-def _clip_max(clip: relax.Call):
-    """``hi`` of ``clip(x, 0, hi)`` with ``0 < hi < inf`` (ReLU6: 6.0), the epilogue's relu with an
-    upper bound (te_defs._epilogue); None for any other clip, which stays its own op."""
-    try:  # FloatImm bounds (as the importer makes them), or PrimValues holding one
-        lo, hi = (float(getattr(a.value, "value", a.value)) for a in clip.args[1:3])
-    except (AttributeError, TypeError, ValueError):  # bounds that are not constants
-        return None
-    return hi if lo == 0.0 and 0.0 < hi < float("inf") else None
-
-
-def _channel_vector(const, n: int, axis_from_end: int):
-    """A constant that broadcasts per channel (size n at ``-axis_from_end``) as a vector, else None."""
-    arr = const_numpy(const)
-    if arr.dtype != np.float32:
-        return None
-    if arr.size == 1:
-        return np.full(n, float(arr.reshape(-1)[0]), dtype=np.float32)
-    if arr.ndim < axis_from_end or arr.shape[-axis_from_end] != n or arr.size != n:
-        return None
-    return np.ascontiguousarray(arr.reshape(-1))
-
-
 @tvm.transform.module_pass(opt_level=0, name="GroupSparseConv")
 class GroupSparseConv:
     """Rewrite convs and linear layers with constant weights into kernel-library call_tir.
@@ -116,7 +107,7 @@ class GroupSparseConv:
         self.conv_bias = is_op("relax.add")(self.conv, self.b) | is_op("relax.add")(self.b, self.conv)
         self.conv_bias_relu = is_op("relax.nn.relu")(self.conv_bias)
         self.conv_relu = is_op("relax.nn.relu")(self.conv)
-        # ReLU6 (MobileNet) arrives as clip(x, 0, 6): fused as relu with an upper bound (_clip_max)
+        # ReLU6 (MobileNet) arrives as clip(x, 0, 6): fused as relu with an upper bound (clip_max)
         self.conv_bias_clip = is_op("relax.clip")(self.conv_bias, wildcard(), wildcard())
         self.conv_clip = is_op("relax.clip")(self.conv, wildcard(), wildcard())
         # a ResNet block's skip connection: relu(conv + bias + res) in the kernel's epilogue
@@ -163,7 +154,7 @@ class GroupSparseConv:
     def _conv_rewrite(self, expr, matches, has_bias, has_relu, uses, bb, count, has_res=False, int8=None):
         call = matches[self.conv]
         if has_relu is CLIP:
-            has_relu = _clip_max(expr)  # the kernels' relu: True, or a float upper bound
+            has_relu = clip_max(expr)  # the kernels' relu: True, or a float upper bound
             if has_relu is None:
                 return expr
         if not self._intermediates_single_use(matches, expr, self.conv, has_bias, has_relu, uses, has_res):
@@ -186,7 +177,7 @@ class GroupSparseConv:
             return expr
         bias = None
         if has_bias:
-            bias = _channel_vector(matches[self.b], weight.shape[0], 3)
+            bias = channel_vector(matches[self.b], weight.shape[0], 3)
             if bias is None or not same_shape(kernel_shape(matches[self.conv_bias]), oshape):
                 return expr
         res = self._residual(matches, oshape) if has_res else None
@@ -206,8 +197,13 @@ class GroupSparseConv:
         count["conv2d"] += 1
         kw = dict(target=self.target, dense=dec.decision == "dense", residual=has_res, **attrs)
         built = self._int8_conv(name, dshape, weight, bias, kw) if self.dtype == "int8" else None
+        depthwise = built is None and self._direct_depthwise(dshape, weight, groups, has_res)
+        if depthwise:
+            dec = cost_model.depthwise(dec)
         try:
             fp_dtype = "float32" if self.dtype == "int8" else self.dtype
+            if depthwise:
+                built = kernels.depthwise_conv2d(dshape, weight, bias, **{k: attrs[k] for k in DEPTHWISE_ATTRS})
             func, consts = built or kernels.conv2d_gather_gemm(dshape, weight, bias, dtype=fp_dtype, **kw)
         except Exception as exc:  # noqa: BLE001 - a layout the kernel library cannot schedule
             warnings.warn(
@@ -240,6 +236,12 @@ class GroupSparseConv:
             int8[gv.name_hint] = Int8Conv(q["scale"], q["zero"], has_res, lambda *flags: kernel(*flags)[0])
         args = [data] + [relax.const(c) for c in consts] + ([res] if has_res else [])
         return with_span(relax.call_tir(gv, args, relax.TensorType(oshape, "float32")), call.span)
+
+    def _direct_depthwise(self, dshape, weight, groups, has_res) -> bool:
+        """A float32 CPU depthwise conv without a residual: the direct kernel, not the gather-GEMM
+        (one filter row per group; 1.6-3.8x faster on MobileNetV2's layers)."""
+        cpu = self.dtype == "float32" and self.target.kind.name == "llvm"
+        return cpu and not has_res and is_depthwise(dshape, weight.shape, groups)
 
     def _int8_build(self, kind, name, build):
         """``build(q)`` -> (PrimFunc, consts) of an int8 kernel with the layer's calibrated input
@@ -331,7 +333,7 @@ class GroupSparseConv:
         weight = np.ascontiguousarray(w.T)  # (out, in): y = x @ weight.T
         bias = None
         if has_bias:
-            bias = _channel_vector(matches[self.b], weight.shape[0], 1)
+            bias = channel_vector(matches[self.b], weight.shape[0], 1)
             if bias is None or not same_shape(kernel_shape(matches[self.mm_bias]), oshape):
                 return expr
         idx = count["linear"]
