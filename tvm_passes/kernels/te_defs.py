@@ -64,7 +64,7 @@ def _conv_gemm(g_: ConvGeometry, F, P, dtype):
 
 
 def _epilogue(v, bias=None, res=None, relu=False):
-    """relu?(v + bias + res) in float32: the fused epilogue of every kernel (docs/formulas.md 1.18).
+    """relu?(v + bias + res) in float32: the fused epilogue of every kernel (docs/formulas.md 1.21).
     ``relu``: False, True (max(v, 0)) or a number ``hi`` (min(max(v, 0), hi): ReLU6 is 6.0)."""
     if bias is not None:
         v = v + bias
