@@ -192,27 +192,13 @@ class GroupSparseConv:
             relu=has_relu,
         )
         dec = cost_model.decide((batch_count(dshape), *dshape[1:]), weight, oshape, groups, sparse=self.sparse)
-        kernels = _kernels()
         name = layer_name(call) or f"conv{count['conv2d']}"
         count["conv2d"] += 1
         kw = dict(target=self.target, dense=dec.decision == "dense", residual=has_res, **attrs)
-        built = self._int8_conv(name, dshape, weight, bias, kw) if self.dtype == "int8" else None
-        depthwise = built is None and self._direct_depthwise(dshape, weight, groups, has_res)
-        if depthwise:
-            dec = cost_model.depthwise(dec)
-        try:
-            fp_dtype = "float32" if self.dtype == "int8" else self.dtype
-            if depthwise:
-                built = kernels.depthwise_conv2d(dshape, weight, bias, **{k: attrs[k] for k in DEPTHWISE_ATTRS})
-            func, consts = built or kernels.conv2d_gather_gemm(dshape, weight, bias, dtype=fp_dtype, **kw)
-        except Exception as exc:  # noqa: BLE001 - a layout the kernel library cannot schedule
-            warnings.warn(
-                f"gbd-export: conv {name!r} (input {shape_record(dshape)}, weight {list(weight.shape)}) falls back "
-                f"to the dense legalized conv2d: kernel library failed "
-                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})",
-                stacklevel=2,
-            )
+        kernel = self._conv_kernel(name, dshape, weight, bias, kw, dec)
+        if kernel is None:
             return expr
+        func, consts, built, dec = kernel
         record = {
             "name": name,
             "op": "conv2d",
@@ -237,11 +223,30 @@ class GroupSparseConv:
         args = [data] + [relax.const(c) for c in consts] + ([res] if has_res else [])
         return with_span(relax.call_tir(gv, args, relax.TensorType(oshape, "float32")), call.span)
 
-    def _direct_depthwise(self, dshape, weight, groups, has_res) -> bool:
-        """A float32 CPU depthwise conv without a residual: the direct kernel, not the gather-GEMM
-        (one filter row per group; 1.6-3.8x faster on MobileNetV2's layers)."""
-        cpu = self.dtype == "float32" and self.target.kind.name == "llvm"
-        return cpu and not has_res and is_depthwise(dshape, weight.shape, groups)
+    def _conv_kernel(self, name, dshape, weight, bias, kw, dec):
+        """``(PrimFunc, consts, int8 build or None, decision)`` of one conv: int8, the depthwise
+        kernel or the gather-GEMM; None, with a warning naming the layer, where the kernel library
+        cannot build it (the conv then stays the legalized op)."""
+        built = self._int8_conv(name, dshape, weight, bias, kw) if self.dtype == "int8" else None
+        if built is not None:
+            return (*built, built, dec)
+        kernels = _kernels()
+        try:  # an exception must not leave this rewriter: it would take the process down
+            cpu_fp32 = self.dtype == "float32" and self.target.kind.name == "llvm"
+            if cpu_fp32 and not kw["residual"] and is_depthwise(dshape, weight.shape, kw["groups"]):
+                # one filter row per group: the direct kernel, 1.6-3.8x the gather-GEMM (MobileNetV2)
+                func, consts = kernels.depthwise_conv2d(dshape, weight, bias, **{k: kw[k] for k in DEPTHWISE_ATTRS})
+                return func, consts, None, cost_model.depthwise(dec)
+            fp_dtype = "float32" if self.dtype == "int8" else self.dtype
+            return (*kernels.conv2d_gather_gemm(dshape, weight, bias, dtype=fp_dtype, **kw), None, dec)
+        except Exception as exc:  # noqa: BLE001 - a layout the kernel library cannot schedule
+            warnings.warn(
+                f"gbd-export: conv {name!r} (input {shape_record(dshape)}, weight {list(weight.shape)}) falls back "
+                f"to the dense legalized conv2d: kernel library failed "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})",
+                stacklevel=3,
+            )
+            return None
 
     def _int8_build(self, kind, name, build):
         """``build(q)`` -> (PrimFunc, consts) of an int8 kernel with the layer's calibrated input
