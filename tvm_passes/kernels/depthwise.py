@@ -25,7 +25,7 @@ from tvm import s_tir, te, tirx
 
 from .cpu import partition_row, vectorize_row
 from .lowering import _pad4, _pair, conv_output_size
-from .te_defs import _epilogue
+from .te_defs import _epilogue, clamp, fill_outside
 
 
 def is_depthwise(data_shape, weight_shape, groups) -> bool:
@@ -54,14 +54,9 @@ def depthwise_te(data_shape, kh, kw, stride, padding, dilation, has_bias, relu):
     wt = te.placeholder((C, kh, kw), "float32", name="w")
     bias = te.placeholder((C,), "float32", name="bias") if has_bias else None
 
-    def padded(b, c, h, u):
-        # branch-free zero padding, as the gather-GEMM's copy (te_defs.padded_value): a clamped
-        # load with its bits masked, so a padded row stays one vector loop
+    def padded(b, c, h, u):  # branch-free zero padding, as the gather-GEMM's copy
         r, col = h - pt, u - pl
-        ok = tirx.all(r >= 0, r < H, col >= 0, col < W)
-        val = x[b, c, tirx.max(tirx.min(r, H - 1), 0), tirx.max(tirx.min(col, W - 1), 0)]
-        mask = tirx.Select(ok, tirx.const(-1, "int32"), tirx.const(0, "int32"))
-        return tirx.reinterpret("float32", tirx.reinterpret("int32", val) & mask)
+        return fill_outside(x[b, c, clamp(r, H), clamp(col, W)], tirx.all(r >= 0, r < H, col >= 0, col < W))
 
     Pad = te.compute((N, C, Hp, Wpad), padded, name="Pad")
     Dp = te.compute((N, C, sw, Hp, Wq), lambda b, c, q, h, v: Pad[b, c, h, v * sw + q], name="Dp")

@@ -125,8 +125,7 @@ def _pixel_numbering(OH, OW, sh, sw, Wp, NV, row_align, max_row_waste, chunk_til
     ``row_align`` (the one that leaves the fewest padded pixels after chunking, the first on a tie),
     so a vector of ROWV pixels is one contiguous input run and the gather needs no table (a 56-pixel
     row: 56 with 8-pixel runs, not 64, which would compute 12.5% more; strided convs take the first
-    alignment that fits).  Flat mode (OWP = 0):
-    n = oh * OW + ow through base[n]."""
+    alignment that fits).  Flat mode (OWP = 0): n = oh * OW + ow through base[n]."""
     best = None
     for ra in row_align if isinstance(row_align, (tuple, list)) else (row_align,):
         if ra and _round_up(OW, ra) <= max_row_waste * OW:

@@ -23,6 +23,7 @@ from tvm import s_tir, te, tirx
 
 from .cpu import VECTOR_LANES, stride2_intrin
 from .lowering import conv_output_size
+from .te_defs import clamp
 
 DTYPES = ("float32", "uint8")
 
@@ -56,9 +57,6 @@ def max_pool_te(in_shape, pool_size, strides, padding, dtype: str):
     pt, pl = padding[0], padding[1]
     OH, OW, OWP, WH = pool_dims(in_shape, pool_size, strides, padding)
     x = te.placeholder((N, C, H, W), dtype, name="x")
-
-    def clamp(v, n):
-        return tirx.max(tirx.min(v, n - 1), 0)
 
     V = te.compute(
         (N, C, OH, W),
