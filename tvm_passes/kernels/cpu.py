@@ -171,7 +171,7 @@ def schedule_conv_cpu(func, geom: ConvGeometry, target):
     # t-chunk of a group is whole (no padded filters inside a split group), else some filters of
     # each group are never written (found by tests/test_fuzz.py)
     fused_epi = bool(geom.NRP) and (geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1))
-    par, task, ko = _schedule_gemm(sch, geom, tpo, fused_epi, per_image)
+    par, task, (ko, init_at) = _schedule_gemm(sch, geom, tpo, fused_epi, per_image)
     # gather the patch panel once per task and k block
     pblk = sch.get_sblock("P")
     sch.compute_at(pblk, ko)
@@ -179,6 +179,7 @@ def schedule_conv_cpu(func, geom: ConvGeometry, target):
     _schedule_padded_copy(sch, geom, par if per_image else None)
     schedule_row_gather(sch, pblk, geom, "float32")
     _schedule_epilogue(sch, geom, task if fused_epi else None)
+    _decompose_init(sch, init_at)
     return sch.mod["main"]
 
 
@@ -195,8 +196,13 @@ def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool, per_image
         b, g, t, n, k = sch.get_loops(blk)
     tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
     no, nt, nv = sch.split(n, [None, geom.NTC, geom.NV])
-    ko, ki = sch.split(k, [None, geom.KC])
-    sch.reorder(b, g, no, tp, ko, nt, to, ki, ti, nv)
+    one_block = geom.KP == geom.KC
+    if one_block:  # no k-block loop: the accumulators can start at zero in registers (below)
+        ko, ki = None, k
+        sch.reorder(b, g, no, tp, nt, to, ki, ti, nv)
+    else:
+        ko, ki = sch.split(k, [None, geom.KC])
+        sch.reorder(b, g, no, tp, ko, nt, to, ki, ti, nv)
     if per_image:
         par, task = b, sch.fuse(g, no, tp)
     else:
@@ -210,11 +216,18 @@ def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool, per_image
         nvo, nv = sch.split(nv, [None, VECTOR_LANES])
         sch.unroll(nvo)
     sch.vectorize(nv)
-    init = sch.decompose_reduction(blk, ko)
-    sch.vectorize(sch.get_loops(init)[-1])
     if not fused_epi:
         sch.vectorize(sch.get_loops(acc)[-1])
-    return par, task, ko
+    return par, task, (task, ki) if one_block else (ko, ko)
+
+
+def _decompose_init(sch, at):
+    """The accumulators' zero init at loop ``at``: before the k blocks, or with one k block right
+    before a register tile's reduction (a tile of zeros stored over the chunk, then loaded back
+    per tile, was a third of the memory operations of a 16-row reduction).  Last: the epilogue's
+    reverse_compute_at needs the reduction still whole."""
+    init = sch.decompose_reduction(sch.get_sblock("C"), at)
+    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def _schedule_padded_copy(sch, geom: ConvGeometry, at=None):
