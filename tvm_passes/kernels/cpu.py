@@ -244,10 +244,36 @@ def _schedule_padded_copy(sch, geom: ConvGeometry, at=None):
     else:
         db, dl = sch.get_loops(dblk)[:2]
         sch.parallel(sch.fuse(db, dl))
-    dw = sch.get_loops(dblk)[-1]
-    if geom.Wp <= MAX_VECTOR_ROW:  # a whole padded row as vector ops (the masked load is branch-free)
-        for loop in partition_row(sch, dw, geom):
-            sch.vectorize(loop)
+    if geom.Wp > MAX_VECTOR_ROW:
+        return
+    # rows of top padding / of the input / of bottom padding: in the input's rows the row test of
+    # the zero padding is known true (it was vector compares per element: ~14% of a sparse layer1
+    # conv at batch 32), in the padding rows the load's clamps make them cheap
+    rows = [sch.get_loops(dblk)[-2]] if geom.Hp > 1 else []
+    row_parts = _partition(sch, rows[0], geom.pt, geom.H, geom.Hp) if rows else [None]
+    for part in row_parts:
+        blocks = [dblk] if part is None else _leaf_blocks(sch, part)
+        for blk in blocks:  # a whole padded row as vector ops (the masked load is branch-free)
+            for loop in partition_row(sch, sch.get_loops(blk)[-1], geom):
+                sch.vectorize(loop)
+
+
+def _leaf_blocks(sch, parent):
+    """The innermost blocks under ``parent`` (a loop or a block)."""
+    out = []
+    for blk in sch.get_child_blocks(parent):
+        out.extend(_leaf_blocks(sch, blk) if sch.get_child_blocks(blk) else [blk])
+    return out
+
+
+def _partition(sch, loop, lo: int, n: int, ext: int):
+    """``loop`` (extent ``ext``) as (0 .. lo, lo .. lo + n, the rest), empty parts left out."""
+    mid = max(0, min(n, ext - lo))
+    lo = min(lo, ext)
+    parts = [p for p in (lo, mid, ext - lo - mid) if p > 0]
+    if len(parts) < 2:
+        return [loop]
+    return sch.loop_partition(loop, parts[:-1] + [None])  # the last part inferred
 
 
 def partition_row(sch, loop, geom: ConvGeometry):
