@@ -225,6 +225,35 @@ def test_whole_image_tasks(C, T, k, HW):
     assert rel_err(run_llvm(func, [x, *consts, res], ref.shape), ref) <= TOL
 
 
+# (N, C, H, T, k, stride, density): 7x7 output maps (64 pixels for 49 in 8 x 32 tiles), dense and
+# sparse, one and several k blocks, stride 2, a batch with whole-image tasks
+SMALL_MAPS = [
+    (1, 64, 7, 64, 3, 1, 1.0),
+    (1, 96, 14, 64, 3, 2, 0.3),
+    (8, 40, 7, 32, 1, 1, 1.0),
+    (2, 16, 7, 96, 3, 1, 0.5),
+]
+
+
+@pytest.mark.parametrize("N,C,H,T,k,s,density", SMALL_MAPS)
+def test_small_maps_pixel_channel_tile(N, C, H, T, k, s, density):
+    """7x7 maps take the pixel x channel register tile of cpu_small (no padded pixels) and match
+    PyTorch with bias, residual and ReLU fused."""
+    from tvm_passes.kernels import cpu_small
+
+    w = gbd_weight(T, C, k, k, density, seed=N + C)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    b = rng.standard_normal(T).astype(np.float32)
+    pad = (k // 2,) * 4
+    func, consts = conv2d_gather_gemm(x.shape, w, b, stride=(s, s), padding=pad, relu=True, residual=True, target=LLVM)
+    assert consts[0].shape[-1] == cpu_small.TILE_T  # F [G, TO, KP, TI]: 32-filter tiles
+    ref = ref_conv(x, w, b, s, pad, 1, 1, False)
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    out = run_llvm(func, [x, *consts, res], ref.shape)
+    assert rel_err(out, np.maximum(ref + res, 0)) <= TOL
+
+
 @pytest.mark.parametrize(
     "N,C,H,k,s,pad,d,bias,relu",
     [

@@ -12,7 +12,7 @@ from tvm import tirx
 
 from ..target import has_amx, request_amx
 from ..threads import configure as configure_threads
-from . import cpu, cpu_amx, cpu_int8, cuda, cuda_tc, dense_int8
+from . import cpu, cpu_amx, cpu_int8, cpu_small, cuda, cuda_tc, dense_int8
 from .lowering import conv_output_size, lower_conv
 from .te_defs import conv_te, dense_te, dense_te_tc
 
@@ -171,6 +171,9 @@ def conv2d_gather_gemm(
         geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw)
     else:
         geom, F, live, off, base = _lower_cpu(data_shape, weight, kw, lw, target)
+        small = cpu_small.lowering_params(geom)
+        if small:  # a small map: pixel x channel register tiles, no padded pixels
+            geom, F, live, off, base = _lower_cpu(data_shape, weight, kw, small, target)
     if tc:  # [G, TO, KP, TI] -> [G, TP, KP], rows of the filter matrix in the operand type
         F = operand_array(F.transpose(0, 1, 3, 2).reshape(geom.G, geom.TO * geom.TI, geom.KP), dtype)
     consts = [F, live, off] + ([] if geom.OWP else [base])
@@ -184,6 +187,8 @@ def conv2d_gather_gemm(
         func = cuda_tc.schedule_conv_tc(func, geom, dtype)
     elif gpu:
         func = cuda.schedule_conv_cuda(func, geom, target)
+    elif cpu_small.is_small_tile(geom):
+        func = cpu_small.schedule_conv_small(func, geom, target)
     else:
         func = cpu.schedule_conv_cpu(func, geom, target)
     return _finish(func, target), consts

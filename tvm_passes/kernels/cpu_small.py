@@ -1,0 +1,111 @@
+"""CPU (AVX-512) schedule of the float32 gather-GEMM conv for small output maps: the register tile
+turned around (docs/formulas.md 1.22).
+
+The kernel of ``cpu`` vectorizes over output pixels: a tile is 8 filters x 32 pixels, so a 7x7 map
+(49 pixels) computes 64 and a 14x14 or 28x28 one 12.5% more than it needs.  Here a tile is
+NV pixels x 32 filters (2 zmm vectors of output channels): per gather row k, the two filter
+vectors F[k, t0 : t0 + 32] are loaded once and each of the NV gathered pixels P[k, n] is broadcast
+into two FMAs.  NV divides the output row (7 for 7, 14, 28 and 56 wide maps), so no pixel is
+padded.  The filter stripe [KC, 32] stays in L1 across the pixel tiles of a chunk.  Same stages
+and PrimFunc as te_defs.conv_te (padded copy, gathered rows, GEMM, fused epilogue); the
+accumulators of a task are kept pixel-major ([n, t]), so the vector accesses are contiguous.
+
+Used where the pixel tiles of ``cpu`` would pad more than MAX_PIXEL_WASTE and the group's output
+channels are whole vectors pairs (lowering_params).  Measured against ``cpu`` (ad-hoc kernel
+timing, 2 threads): 1.11-1.23x on ResNet's 7x7 convs at batch 1 and 32, dense and at density 0.3.
+On 14x14 and 28x28 maps it is not faster than ``cpu``'s padded tiles (0.91-0.98x), so it is not
+used there.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from . import cpu
+from .lowering import ConvGeometry
+
+#: output channels per register tile (2 AVX-512 vectors)
+TILE_T = 32
+#: gathered rows per reduction block: the filter stripe [KC, 32] (16 KB) and the block's gathered
+#: pixels share L1 (KC 256: 1.02x of ``cpu`` on a 7x7 conv, 128: 1.20x, 64: 1.13x)
+KC = 128
+#: pixels per register tile: a divisor of the output row in this range (2 x NV accumulators)
+NV_RANGE = range(6, 13)
+#: pixel share of ``cpu``'s tiles above which this schedule is used (7x7: 64 pixels for 49 = 0.23)
+MAX_PIXEL_WASTE = 0.2
+
+
+def pixel_tile(OW: int) -> int:
+    """Pixels per register tile for rows of OW pixels: the largest divisor of OW in NV_RANGE, 0 if none."""
+    return max((nv for nv in NV_RANGE if OW % nv == 0), default=0)
+
+
+def lowering_params(geom: ConvGeometry):
+    """lowering_params of this schedule for a conv that ``cpu``'s lowering gave ``geom``, or None
+    where ``cpu``'s tiles waste at most MAX_PIXEL_WASTE of their pixels or the tile does not fit."""
+    waste = 1.0 - geom.OH * geom.OW / geom.NP
+    nv = pixel_tile(geom.OW)
+    if waste <= MAX_PIXEL_WASTE or not nv or geom.Tg % TILE_T:
+        return None
+    return dict(
+        TI=TILE_T, NV=nv, kc_max=KC, row_align=(geom.OW,), chunk_tiles=tuple(range(1, 33)), whole_rows=True
+    )
+
+
+def is_small_tile(geom: ConvGeometry) -> bool:
+    """Whether ``geom`` was lowered with lowering_params (pixel rows not padded, 32-filter tiles)."""
+    return geom.TI == TILE_T and geom.OWP == geom.OW and geom.NV in NV_RANGE
+
+
+def schedule_conv_small(func, geom: ConvGeometry, target):
+    """Schedule the conv_te PrimFunc (blocks Dp, P, C, out) with the pixel x channel register tile."""
+    per_image = cpu.image_tasks(geom, cpu._num_threads(target))
+    tpo = cpu.t_chunks(geom, target)
+    if geom.TO % tpo:
+        tpo = 1
+    sch = s_tir.schedule.Schedule(func)
+    fused_epi = geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1)
+    par, task, (ko, init_at), acc = _schedule_gemm(sch, geom, tpo, per_image)
+    pblk = sch.get_sblock("P")
+    sch.compute_at(pblk, ko)
+    cpu._schedule_padded_copy(sch, geom, par if per_image else None)
+    _, pn = sch.get_loops(pblk)[-2:]
+    _, pw = sch.split(pn, [None, geom.OWP])
+    sch.vectorize(pw)  # one output row of NV-multiple pixels (strided at stride 2)
+    cpu._schedule_epilogue(sch, geom, task if fused_epi else None)
+    if fused_epi:  # the epilogue reads the accumulators directly: no copy of them to C
+        sch.compute_inline(acc)
+    cpu._decompose_init(sch, init_at)
+    return sch.mod["main"]
+
+
+def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, per_image: bool):
+    """k-blocked GEMM with the filter stripe [KC, 32] in L1 across a chunk's pixel tiles; register
+    tile NV pixels (unrolled) x 32 filters (vectorized).  Returns (parallel loop, task loop,
+    (gather loop, init loop), accumulator copy block)."""
+    blk = sch.get_sblock("C")
+    b, g, t, r, w, k = sch.get_loops(blk)
+    n = sch.fuse(r, w)
+    tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
+    no, nt, nv = sch.split(n, [None, geom.NTC, geom.NV])
+    one_block = geom.KP == geom.KC
+    if one_block:
+        ko, ki = None, k
+        sch.reorder(b, g, no, tp, to, nt, ki, nv, ti)
+    else:
+        ko, ki = sch.split(k, [None, geom.KC])
+        sch.reorder(b, g, no, tp, ko, to, nt, ki, nv, ti)
+    if per_image:
+        par, task = b, sch.fuse(g, no, tp)
+    else:
+        par = task = sch.fuse(b, g, no, tp)
+    sch.parallel(par)
+    acc = sch.cache_write(blk, 0, "local")
+    # pixel-major accumulators: a vector of 16 output channels is contiguous
+    sch.transform_layout(blk, ("write", 0), lambda b_, g_, t_, r_, w_: (b_, g_, r_, w_, t_))
+    sch.reverse_compute_at(acc, task)
+    sch.unroll(nv)
+    tio, tii = sch.split(ti, [None, cpu.VECTOR_LANES])
+    sch.unroll(tio)
+    sch.vectorize(tii)
+    return par, task, ((task, ki) if one_block else (ko, ko)), acc
