@@ -254,6 +254,25 @@ def test_small_maps_pixel_channel_tile(N, C, H, T, k, s, density):
     assert rel_err(out, np.maximum(ref + res, 0)) <= TOL
 
 
+# (N, C, H, T, density, residual): 1x1 convs whose gathered rows are rows of the input (no padded
+# copy): rows of 28 (not a multiple of 8), dead input maps and padded reduction rows, 56 x 56
+DIRECT_1X1 = [(1, 16, 28, 24, 0.5, False), (4, 12, 14, 40, 1.0, True), (2, 24, 56, 16, 0.3, True)]
+
+
+@pytest.mark.parametrize("N,C,H,T,density,residual", DIRECT_1X1)
+def test_1x1_reads_input_directly(N, C, H, T, density, residual):
+    w = gbd_weight(T, C, 1, 1, density, seed=C, dead_maps=(1, 3))
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    b = rng.standard_normal(T).astype(np.float32)
+    func, consts = conv2d_gather_gemm(x.shape, w, b, relu=True, residual=residual, target=LLVM)
+    assert 'sblock("Dp")' not in func.script()  # no padded copy
+    ref = ref_conv(x, w, b, 1, (0, 0, 0, 0), 1, 1, False)
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    out = run_llvm(func, [x, *consts] + ([res] if residual else []), ref.shape)
+    assert rel_err(out, np.maximum(ref + res if residual else ref, 0)) <= TOL
+
+
 @pytest.mark.parametrize(
     "N,C,H,k,s,pad,d,bias,relu",
     [

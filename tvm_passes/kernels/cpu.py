@@ -107,6 +107,16 @@ def lowering_params(Tg=None):
     )
 
 
+def direct_lowering_params(geom: ConvGeometry, params: dict):
+    """``params`` with output rows of exactly OW pixels for a 1x1 conv (stride 1, no padding) whose
+    rows ``params`` padded (28 -> 32): its gathered rows are then rows of the input, read without
+    the padded copy (te_defs.reads_input_directly); None for any other conv."""
+    one = (geom.kh, geom.kw, geom.sh, geom.sw) == (1, 1, 1, 1) and not any((geom.pt, geom.pl, geom.pb, geom.pr))
+    if not one or not geom.OWP or geom.OWP == geom.OW:
+        return None
+    return {**params, "row_align": (geom.OW,)}
+
+
 def _num_threads(target):
     n = int(target.attrs.get("num-cores", 0) or 0)
     return n if n > 0 else 2
@@ -232,7 +242,10 @@ def _decompose_init(sch, at):
 
 def _schedule_padded_copy(sch, geom: ConvGeometry, at=None):
     """Padded copy of the live maps: iterate (b, l, h, w) instead of the flat index (no divisions);
-    a parallel pass over the batch, or (``at``: an image's parallel loop) that image's copy in its task."""
+    a parallel pass over the batch, or (``at``: an image's parallel loop) that image's copy in its task.
+    None where the gathered rows read the input directly (te_defs.reads_input_directly)."""
+    if not _has_block(sch, "Dp"):
+        return
     dblk = sch.get_sblock("Dp")
     HW = geom.Hp * geom.Wp
     if geom.Hp == 1:  # one padded row: (f % HW) // Wp is constant, not a bijective affine map
@@ -256,6 +269,14 @@ def _schedule_padded_copy(sch, geom: ConvGeometry, at=None):
         for blk in blocks:  # a whole padded row as vector ops (the masked load is branch-free)
             for loop in partition_row(sch, sch.get_loops(blk)[-1], geom):
                 sch.vectorize(loop)
+
+
+def _has_block(sch, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+    except Exception:  # noqa: BLE001 - TVM raises a generic ScheduleError for an unknown name
+        return False
+    return True
 
 
 def _leaf_blocks(sch, parent):

@@ -47,9 +47,7 @@ def lowering_params(geom: ConvGeometry):
     nv = pixel_tile(geom.OW)
     if waste <= MAX_PIXEL_WASTE or not nv or geom.Tg % TILE_T:
         return None
-    return dict(
-        TI=TILE_T, NV=nv, kc_max=KC, row_align=(geom.OW,), chunk_tiles=tuple(range(1, 33)), whole_rows=True
-    )
+    return dict(TI=TILE_T, NV=nv, kc_max=KC, row_align=(geom.OW,), chunk_tiles=tuple(range(1, 33)), whole_rows=True)
 
 
 def is_small_tile(geom: ConvGeometry) -> bool:

@@ -171,8 +171,8 @@ def conv2d_gather_gemm(
         geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw)
     else:
         geom, F, live, off, base = _lower_cpu(data_shape, weight, kw, lw, target)
-        small = cpu_small.lowering_params(geom)
-        if small:  # a small map: pixel x channel register tiles, no padded pixels
+        small = cpu_small.lowering_params(geom) or cpu.direct_lowering_params(geom, lw)
+        if small:  # a small map: pixel x channel register tiles, no padded pixels; or direct rows
             geom, F, live, off, base = _lower_cpu(data_shape, weight, kw, small, target)
     if tc:  # [G, TO, KP, TI] -> [G, TP, KP], rows of the filter matrix in the operand type
         F = operand_array(F.transpose(0, 1, 3, 2).reshape(geom.G, geom.TO * geom.TI, geom.KP), dtype)
@@ -182,7 +182,7 @@ def conv2d_gather_gemm(
         if b.shape[0] != geom.T:
             raise ValueError(f"bias has {b.shape[0]} entries, expected {geom.T}")
         consts.append(np.ascontiguousarray(b))
-    func = conv_te(geom, bias is not None, relu, residual, dtype)
+    func = conv_te(geom, bias is not None, relu, residual, dtype, direct=not gpu)
     if tc:
         func = cuda_tc.schedule_conv_tc(func, geom, dtype)
     elif gpu:

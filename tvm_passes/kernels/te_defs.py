@@ -3,7 +3,8 @@ docs/formulas.md section 1 "Lowering").  Target-independent; the schedules are i
 
 Stages of the conv (block names are relied upon by the schedules):
   "Dp"   padded copy of the *live* input maps, flat per image: Dp[b, l*Hp*Wp + h*Wp + w]
-  "P"    gathered patch matrix P[b, g, k, n] = Dp[b, off[g, k] + base[n]]
+  "P"    gathered patch matrix P[b, g, k, n] = Dp[b, off[g, k] + base[n]]  (CPU 1x1 convs with
+         unpadded rows: read from ``data`` itself, no "Dp"; ``direct_rows``, formula 1.23)
   "C"    GEMM C[b, g, t, n] = sum_k F[g, t // TI, k, t % TI] * P[b, g, k, n]
   "out"  epilogue out[b, c, oh, ow] = relu?(C[b, c // Tg, c % Tg, oh*OW + ow] + bias[c] + res[b, c, oh, ow])
          (the residual input ``res`` of a ResNet block is optional, like bias and ReLU)
@@ -145,12 +146,38 @@ def gather_rows(g_: ConvGeometry, Dp, off, base):
     return te.compute((g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: Dp[b, off[g, k] + base[n]], name="P")
 
 
+def reads_input_directly(g_: ConvGeometry) -> bool:
+    """Whether the gathered rows can be read from the input itself (no stage "Dp"): a 1x1 conv
+    with stride 1 and no padding whose output rows are not padded (OWP == OW), so a gathered
+    row is a row of one input map (formula 1.23)."""
+    one = (g_.kh, g_.kw, g_.sh, g_.sw) == (1, 1, 1, 1) and not any((g_.pt, g_.pl, g_.pb, g_.pr))
+    return one and g_.OWP == g_.OW
+
+
+def direct_rows(g_: ConvGeometry, data, live, off):
+    """Stage "P" read from the input: P[b, g, k, n] = data[b, live[l_k], n // OW, n % OW] with l_k
+    = off[g, k] // (H W) the live map of gather row k, 0 for the rows that pad the reduction
+    (they point to the zero map L).  Output rows past OH (whole-row chunks) read the last row."""
+    HW = g_.Hp * g_.Wp
+
+    def p(b, g, k, n):
+        lk = off[g, k] // HW
+        r, w = clamp(n // g_.OWP, g_.H), n % g_.OWP
+        return fill_outside(data[b, live[tirx.min(lk, g_.L)], r, w], lk < g_.L)
+
+    return te.compute((g_.N, g_.G, g_.KP, g_.NP), p, name="P")
+
+
 def _row_start(g_: ConvGeometry, o, last: int):
     """The gather offset ``o`` clamped to [0, DPLEN - 1 - last] (``last``: the largest pixel offset)."""
     return tirx.min(tirx.max(o, 0), g_.DPLEN - 1 - last)
 
 
-def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = False, dtype: str = "float32"):
+def conv_te(
+    geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = False, dtype: str = "float32", direct=False
+):
+    """The lowered conv as a PrimFunc (stages in the module docstring).  ``direct`` (CPU float32):
+    where ``reads_input_directly``, stage "P" reads the input and there is no stage "Dp"."""
     g_ = geom
     LP = g_.L + 1
     tc = dtype != "float32"
@@ -170,9 +197,10 @@ def conv_te(geom: ConvGeometry, has_bias: bool, relu: bool, has_res: bool = Fals
         v = padded_value(g_, data, live, b, f)
         return _to_operand(v, dtype) if tc else v
 
-    Dp = te.compute((g_.N, g_.DPLEN), dp, name="Dp")
-
-    P = gather_rows(g_, Dp, off, base)
+    if direct and reads_input_directly(g_):
+        P = direct_rows(g_, data, live, off)
+    else:
+        P = gather_rows(g_, te.compute((g_.N, g_.DPLEN), dp, name="Dp"), off, base)
     C = _conv_gemm(g_, F, P, dtype)
 
     def epi(b, c, oh, ow):
