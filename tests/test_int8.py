@@ -55,6 +55,8 @@ CASES = [
     # rows of 16 pixels at stride 2: whole input rows, then every other element (stage P2)
     (1, 8, 30, 29, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, 0.5, True, False),
     (2, 8, 32, 32, 16, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, 1.0, False, True),
+    # a 7x7 stride-2 stem: gathered from 2 x 2 phase planes of the padded input (formula 1.24)
+    (1, 3, 23, 21, 16, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, 0.5, False, False),
     # 1440 gather rows: two k blocks of the AMX kernel (up to 1024 each), six of the VNNI one
     (1, 160, 6, 6, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 1.0, False, True),
 ]

@@ -188,7 +188,7 @@ def test_row_aligned_mode_is_used():
 @pytest.mark.parametrize("HW", [24, 56])
 def test_rows_that_are_not_whole_vectors(HW):
     """56-pixel rows are numbered 56 apart, not padded to 64 (12.5% of the GEMM), and gathered
-    row by row as 3 x 16 + 8 lanes (cpu.schedule_row_gather)."""
+    row by row as 3 x 16 + 8 lanes (cpu_copies.schedule_row_gather)."""
     from tvm_passes.kernels import cpu
 
     w = gbd_weight(16, 6, 3, 3, 0.5, seed=5)
@@ -271,6 +271,23 @@ def test_1x1_reads_input_directly(N, C, H, T, density, residual):
     res = rng.standard_normal(ref.shape).astype(np.float32)
     out = run_llvm(func, [x, *consts] + ([res] if residual else []), ref.shape)
     assert rel_err(out, np.maximum(ref + res if residual else ref, 0)) <= TOL
+
+
+def test_stride2_stem_gathers_from_phase_planes():
+    """A 7x7 stride-2 conv is lowered onto 2 x 2 phase planes (formula 1.24): every gather row
+    steps by one along a plane, and its offsets point into the plane of the tap's parity; a 3x3
+    stride-2 conv keeps the plain padded copy.  (Numerics: the 7x7 stride-2 cases of test_conv_llvm.)"""
+    from tvm_passes.kernels import cpu
+
+    w = gbd_weight(8, 3, 7, 7, 1.0)
+    geom, _, _, off, _ = lower_conv((1, 3, 21, 21), w, stride=(2, 2), padding=(3, 3, 3, 3), **cpu.lowering_params(8))
+    assert geom.PH == 2 and (geom.gsh, geom.gsw) == (1, 1) and geom.Wq == (geom.Wp + 1) // 2
+    plane = geom.Hq * geom.Wq
+    taps = [(s, i, j) for s in range(3) for i in range(7) for j in range(7)]  # the gather order, density 1
+    want = [s * geom.map_len + ((i % 2) * 2 + j % 2) * plane + (i // 2) * geom.Wq + j // 2 for s, i, j in taps]
+    assert off[0, : len(taps)].tolist() == want
+    w3 = gbd_weight(8, 3, 3, 3, 1.0)
+    assert lower_conv((1, 3, 21, 21), w3, stride=(2, 2), padding=(1, 1, 1, 1), **cpu.lowering_params(8))[0].PH == 1
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,8 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.script import tirx as T
 
-from .cpu import _num_threads, _schedule_epilogue, _schedule_padded_copy, choose_t_split
+from .cpu import _num_threads, _schedule_epilogue, choose_t_split
+from .cpu_copies import schedule_padded_copy
 from .cpu_int8 import K_LANE, _register_intrinsics, _schedule_gather
 from .lowering import ConvGeometry
 
@@ -178,7 +179,7 @@ def schedule_conv_amx(func, geom: ConvGeometry, target):
     init = sch.decompose_reduction(blk, ko)
     sch.vectorize(sch.get_loops(init)[-1])
     _schedule_gather(sch, geom, ko)
-    _schedule_padded_copy(sch, geom)
+    schedule_padded_copy(sch, geom)
     _schedule_epilogue(sch, geom, par if fused_epi else None)
     sch.tensorize(ti, _intrin(geom.KC // TILE_K, geom.TI // TILE, "global" if fused_epi else "local"))
     return sch.mod["main"]

@@ -27,14 +27,8 @@ from __future__ import annotations
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 
-from .cpu import (
-    VECTOR_LANES,
-    _num_threads,
-    _schedule_epilogue,
-    _schedule_padded_copy,
-    choose_t_split,
-    schedule_row_gather,
-)
+from .cpu import _num_threads, _schedule_epilogue, choose_t_split
+from .cpu_copies import VECTOR_LANES, schedule_padded_copy, schedule_row_gather
 from .lowering import ConvGeometry
 from .te_defs import _epilogue, gather_rows, padded_value
 
@@ -254,7 +248,7 @@ def schedule_conv_int8(func, geom: ConvGeometry, target):
     if not fused_epi:
         sch.vectorize(sch.get_loops(acc)[-1])
     _schedule_gather(sch, geom, ko)
-    _schedule_padded_copy(sch, geom)  # the float32 copy's schedule: the same rows, quantized
+    schedule_padded_copy(sch, geom)  # the float32 copy's schedule: the same rows, quantized
     _schedule_epilogue(sch, geom, par if fused_epi else None)
     sch.tensorize(nvi, f"{VNNI_INTRIN}_{'global' if fused_epi else 'local'}")  # last: it replaces the block
     return sch.mod["main"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from . import cpu
+from . import cpu, cpu_copies
 from .lowering import ConvGeometry
 
 #: output channels per register tile (2 AVX-512 vectors)
@@ -66,7 +66,7 @@ def schedule_conv_small(func, geom: ConvGeometry, target):
     par, task, (ko, init_at), acc = _schedule_gemm(sch, geom, tpo, per_image)
     pblk = sch.get_sblock("P")
     sch.compute_at(pblk, ko)
-    cpu._schedule_padded_copy(sch, geom, par if per_image else None)
+    cpu_copies.schedule_padded_copy(sch, geom, par if per_image else None)
     _, pn = sch.get_loops(pblk)[-2:]
     _, pw = sch.split(pn, [None, geom.OWP])
     sch.vectorize(pw)  # one output row of NV-multiple pixels (strided at stride 2)
@@ -103,7 +103,7 @@ def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, per_image: bool):
     sch.transform_layout(blk, ("write", 0), lambda b_, g_, t_, r_, w_: (b_, g_, r_, w_, t_))
     sch.reverse_compute_at(acc, task)
     sch.unroll(nv)
-    tio, tii = sch.split(ti, [None, cpu.VECTOR_LANES])
+    tio, tii = sch.split(ti, [None, cpu_copies.VECTOR_LANES])
     sch.unroll(tio)
     sch.vectorize(tii)
     return par, task, ((task, ki) if one_block else (ko, ko)), acc

@@ -12,7 +12,7 @@ so every tap of a row of outputs is one contiguous vector load times a broadcast
 stride 2 too (the phases make the columns of a tap consecutive; at stride 1 "Dp" is "Pad").
 ``act``: the fused ReLU or ReLU6 (te_defs._epilogue).  A plane's copies are made inside its
 parallel task, right before they are read; the middle part of a padded row has no clamps (one
-contiguous load per vector, as the gather-GEMM's copy, cpu.partition_row).  Against the
+contiguous load per vector, as the gather-GEMM's copy, cpu_copies.partition_row).  Against the
 gather-GEMM on MobileNetV2's layers: 1.6-3.8x faster.
 """
 
@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 from tvm import s_tir, te, tirx
 
-from .cpu import partition_row, vectorize_row
+from .cpu_copies import partition_row, vectorize_row
 from .lowering import _pad4, _pair, conv_output_size
 from .te_defs import _epilogue, clamp, fill_outside
 

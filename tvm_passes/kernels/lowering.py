@@ -76,7 +76,33 @@ class ConvGeometry:
     ROWV: int  # vector length of the row copies in the gather (OWP % ROWV == 0)
     NTC: int  # n tiles per parallel chunk
     NRP: int  # > 0: chunks are whole output rows, C is [N, G, TO*TI, NRP, OWP] (padded rows)
-    DPLEN: int  # length of the flat padded input per image (>= (L + 1) * Hp * Wp)
+    DPLEN: int  # length of the flat padded input per image (>= (L + 1) * map_len)
+    PH: int = 1  # stride-2 phase planes per dimension in the padded copy (2: formula 1.24), else 1
+
+    @property
+    def Hq(self):
+        """Rows of one (phase) plane of the padded copy."""
+        return -(-self.Hp // self.PH)
+
+    @property
+    def Wq(self):
+        """Row pitch of the padded copy: columns of one (phase) plane."""
+        return -(-self.Wp // self.PH)
+
+    @property
+    def map_len(self):
+        """Length of one live map in the padded copy (its PH x PH phase planes)."""
+        return self.PH * self.PH * self.Hq * self.Wq
+
+    @property
+    def gsh(self):
+        """Row step of the gather between output rows (1 on phase planes)."""
+        return self.sh // self.PH
+
+    @property
+    def gsw(self):
+        """Column step of the gather between output pixels (1 on phase planes)."""
+        return self.sw // self.PH
 
     @property
     def NN(self):
@@ -160,8 +186,9 @@ def _gather_entries(mask, lidx, G, Cg):
 
 def _pack(weight, entries, lidx, G, TO, TI, KP, strides):
     """The packed compact filter F [G, TO, KP, TI] and the gather offsets off [G, KP] (padded rows
-    point to the zero map L, with zero weights)."""
-    HW, Wp, dh, dw = strides
+    point to the zero map L, with zero weights).  ``strides``: (map length, row pitch, dh, dw, PH,
+    plane length); on phase planes (PH 2) tap (i, j) reads plane (i % 2, j % 2) at (i // 2, j // 2)."""
+    HW, Wp, dh, dw, PH, plane = strides
     T, Cg, kh, kw = weight.shape
     Tg = T // G
     F = np.zeros((G, TO * TI, KP), dtype=np.float32)
@@ -173,7 +200,8 @@ def _pack(weight, entries, lidx, G, TO, TI, KP, strides):
         s, i, j = (np.array(x) for x in zip(*e))
         F[g, :Tg, : len(e)] = wg[g][:, s, i, j]
         l = np.array([lidx[g * Cg + x] for x in s])
-        off[g, : len(e)] = l * HW + i * dh * Wp + j * dw
+        ii, jj = i * dh, j * dw
+        off[g, : len(e)] = l * HW + ((ii % PH) * PH + jj % PH) * plane + (ii // PH) * Wp + jj // PH
     return np.ascontiguousarray(F.reshape(G, TO, TI, KP).transpose(0, 1, 3, 2)), off
 
 
@@ -238,6 +266,7 @@ def lower_conv(
     to_multiple=1,
     whole_rows=False,
     dense=False,
+    phases=False,
 ):
     """Build geometry + numpy constants of the gather-GEMM lowering.
 
@@ -246,23 +275,22 @@ def lower_conv(
                                     surviving (s, i, j) of group g]; zero in padded rows / columns.
       live int32   [L + 1]          global input channel of each stored (padded) map; the last map
                                     is an all-zero map that padded gather rows point to.
-      off  int32   [G, KP]          offset of gather row k in the flat padded per-image input
-                                    (l * Hp*Wp + i*dh*Wp + j*dw).
-      base int32   [NP]             offset of output pixel n: (n // OW)*sh*Wp + (n % OW)*sw
-                                    (0 for padded pixels n >= OH*OW, results discarded); the
-                                    kernels use it only in flat mode (geom.OWP == 0).
+      off  int32   [G, KP]          offset of gather row k in the flat padded per-image input (1.19, 1.24)
+      base int32   [NP]             offset of output pixel n (0 for padded pixels, results discarded);
+                                    the kernels use it only in flat mode (geom.OWP == 0).
     Only live maps (non-empty Omega_s) are copied, so dead input maps are never read.  ``dense=True``
-    keeps every group (the dense im2col GEMM); the other keywords are layout choices of the schedules."""
+    keeps every group (the dense im2col GEMM); the other keywords are layout choices of the schedules:
+    ``phases`` stores a stride-2 conv's padded input as 2 x 2 phase planes (formula 1.24), so its
+    gather reads contiguous rows as at stride 1."""
     weight = np.asarray(weight, dtype=np.float32)
     z = _sizes(data_shape, weight.shape, stride, padding, dilation, groups)
-    G, C, Cg, Tg, kh, kw, Hp, Wp = z["G"], z["C"], z["Cg"], z["Tg"], z["kh"], z["kw"], z["Hp"], z["Wp"]
+    G, Cg, Tg = z["G"], z["Cg"], z["Tg"]
 
-    # [C, kh, kw]: the surviving groups, or all of them for the dense im2col baseline
-    mask = np.ones((C, kh, kw), dtype=bool) if dense else group_mask(weight, G).numpy()
-    live_ch = [c for c in range(C) if mask[c].any()]
+    mask, live_ch = _live(weight, z, dense)
     L = len(live_ch)
     lidx = {c: i for i, c in enumerate(live_ch)}
-    HW = Hp * Wp
+    PH, Hq, Wq = _planes(z, phases)
+    HW = PH * PH * Hq * Wq  # one live map: its phase planes
 
     entries = _gather_entries(mask, lidx, G, Cg)
     K_per_group = tuple(len(e) for e in entries)
@@ -272,10 +300,10 @@ def lower_conv(
     KC = _round_up(-(-KP // nkb), k_align)
     KP = nkb * KC
     TO = _round_up((Tg + TI - 1) // TI, to_multiple)
-    F, off = _pack(weight, entries, lidx, G, TO, TI, KP, (HW, Wp, z["dh"], z["dw"]))
+    F, off = _pack(weight, entries, lidx, G, TO, TI, KP, (HW, Wq, z["dh"], z["dw"], PH, Hq * Wq))
 
     OWP, ROWV, NTC, NP, NRP, base = _pixel_numbering(
-        z["OH"], z["OW"], z["sh"], z["sw"], Wp, NV, row_align, max_row_waste, chunk_tiles, whole_rows
+        z["OH"], z["OW"], z["sh"] // PH, z["sw"] // PH, Wq, NV, row_align, max_row_waste, chunk_tiles, whole_rows
     )
     live = np.array(live_ch + [0], dtype=np.int32)
     DPLEN = _round_up(max((L + 1) * HW, int(off.max()) + int(base.max()) + 1), HW)
@@ -297,5 +325,32 @@ def lower_conv(
         NTC=NTC,
         NRP=NRP,
         DPLEN=DPLEN,
+        PH=PH,
     )
     return geom, F, live, off, base
+
+
+#: taps per input map from which a stride-2 conv gathers from phase planes: the planes are copied
+#: from every other input column (a strided load per element), which only pays where many gather
+#: rows read each map: ResNet's 7x7 stem 1.25x dense / 1.07x at density 0.3 (batch 32), while a 3x3
+#: 64 -> 128 conv at density 0.3 got 0.88x (ad-hoc kernel timing)
+MIN_PHASE_TAPS = 25
+
+
+def _live(weight, z: dict, dense: bool):
+    """(mask [C, kh, kw] of the surviving groups, or all of them for the dense im2col baseline;
+    the live input maps: those with a surviving group)."""
+    mask = np.ones((z["C"], z["kh"], z["kw"]), dtype=bool) if dense else group_mask(weight, z["G"]).numpy()
+    return mask, [c for c in range(z["C"]) if mask[c].any()]
+
+
+def _planes(z: dict, phases: bool):
+    """(PH, Hq, Wq): phase planes per dimension of the padded copy and the size of one plane."""
+    PH = 2 if phases and _phase_planes(z) else 1
+    return PH, -(-z["Hp"] // PH), -(-z["Wp"] // PH)
+
+
+def _phase_planes(z: dict) -> bool:
+    """Whether a conv of sizes ``z`` gathers from 2 x 2 phase planes (formula 1.24): stride 2 both
+    ways, no dilation, and at least MIN_PHASE_TAPS taps (every plane is read)."""
+    return (z["sh"], z["sw"], z["dh"], z["dw"]) == (2, 2, 1, 1) and z["kh"] * z["kw"] >= MIN_PHASE_TAPS

@@ -8,7 +8,7 @@ special value.  Per output row, separably:
   "V"    V[w] = max_i x[clamp(oh s + i - p_t), w]        the k rows of the window, whole rows
   "H"    H[w] = max_j V[clamp(w + j - p_l)]               for w in [0, (OW - 1) s + 1)
   "out"  out[ow] = H[ow s]                                 stride 2: two loads and a shuffle per
-                                                           16 outputs (cpu.stride2_intrin)
+                                                           16 outputs (cpu_copies.stride2_intrin)
 
 All three are contiguous vector loops (TVM's generic schedule of the legalized op reduced over
 the window per element at scalar width: 12 ms at batch 32 for ResNet-18's float32 pooling, 27 ms
@@ -21,7 +21,7 @@ from functools import reduce
 
 from tvm import s_tir, te, tirx
 
-from .cpu import VECTOR_LANES, stride2_intrin
+from .cpu_copies import VECTOR_LANES, stride2_intrin
 from .lowering import conv_output_size
 from .te_defs import clamp
 

@@ -81,11 +81,16 @@ def padded_value(g_: ConvGeometry, data, live, b, f, fill: int = 0):
     """Element f of image b's flat padded copy of the live maps (stage "Dp"): data at (live map
     f // (Hp Wp), row, column), 0 in the padding and in the zero map L.  A uint8 ``data`` (the
     int8 kernels' carried activations) has ``fill``, its zero point, there instead."""
-    HW = g_.Hp * g_.Wp
-    l = f // HW
-    r = f % HW
-    h = r // g_.Wp - g_.pt
-    w = r % g_.Wp - g_.pl
+    l = f // g_.map_len
+    r = f % g_.map_len
+    if g_.PH == 1:
+        h = r // g_.Wp - g_.pt
+        w = r % g_.Wp - g_.pl
+    else:  # phase plane q = (row parity, column parity), then a row of the plane (formula 1.24)
+        plane = g_.Hq * g_.Wq
+        q, rq = r // plane, r % plane
+        h = (rq // g_.Wq) * g_.PH + q // g_.PH - g_.pt
+        w = (rq % g_.Wq) * g_.PH + q % g_.PH - g_.pl
     lc = tirx.min(l, g_.L)
     ok = tirx.all(l < g_.L, h >= 0, h < g_.H, w >= 0, w < g_.W)
     return fill_outside(data[b, live[lc], clamp(h, g_.H), clamp(w, g_.W)], ok, fill)
@@ -112,9 +117,9 @@ def fill_outside(load, ok, fill: int = 0):
 
 def strided_rows(g_: ConvGeometry) -> bool:
     """Whether the CPU gather copies stride-2 rows whole first (stage "P2"), then takes every other
-    element with a shuffle (cpu.schedule_row_gather): a strided vector load is 16 scalar loads.
+    element with a shuffle (cpu_copies.schedule_row_gather): a strided vector load is 16 scalar loads.
     Row-aligned pixel numbering (OWP > 0) is a CPU lowering choice; the CUDA ones never make it."""
-    return bool(g_.OWP) and g_.sw == 2 and g_.ROWV == 16
+    return bool(g_.OWP) and g_.gsw == 2 and g_.ROWV == 16
 
 
 def gather_rows(g_: ConvGeometry, Dp, off, base):
@@ -125,21 +130,21 @@ def gather_rows(g_: ConvGeometry, Dp, off, base):
     has no bounds for the region analysis)."""
     if strided_rows(g_):
         rows, width = g_.NP // g_.OWP, 2 * g_.OWP - 1
-        last = (rows - 1) * g_.sh * g_.Wp + width - 1
+        last = (rows - 1) * g_.gsh * g_.Wq + width - 1
         P2 = te.compute(
             (g_.N, g_.G, g_.KP, rows, width),
-            lambda b, g, k, r, w: Dp[b, _row_start(g_, off[g, k], last) + r * (g_.sh * g_.Wp) + w],
+            lambda b, g, k, r, w: Dp[b, _row_start(g_, off[g, k], last) + r * (g_.gsh * g_.Wq) + w],
             name="P2",
         )
         return te.compute(
             (g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: P2[b, g, k, n // g_.OWP, 2 * (n % g_.OWP)], name="P"
         )
     if g_.OWP:
-        last = (g_.NP // g_.OWP - 1) * g_.sh * g_.Wp + (g_.OWP - 1) * g_.sw
+        last = (g_.NP // g_.OWP - 1) * g_.gsh * g_.Wq + (g_.OWP - 1) * g_.gsw
         return te.compute(
             (g_.N, g_.G, g_.KP, g_.NP),
             lambda b, g, k, n: Dp[
-                b, _row_start(g_, off[g, k], last) + (n // g_.OWP) * (g_.sh * g_.Wp) + (n % g_.OWP) * g_.sw
+                b, _row_start(g_, off[g, k], last) + (n // g_.OWP) * (g_.gsh * g_.Wq) + (n % g_.OWP) * g_.gsw
             ],
             name="P",
         )
@@ -158,10 +163,9 @@ def direct_rows(g_: ConvGeometry, data, live, off):
     """Stage "P" read from the input: P[b, g, k, n] = data[b, live[l_k], n // OW, n % OW] with l_k
     = off[g, k] // (H W) the live map of gather row k, 0 for the rows that pad the reduction
     (they point to the zero map L).  Output rows past OH (whole-row chunks) read the last row."""
-    HW = g_.Hp * g_.Wp
 
     def p(b, g, k, n):
-        lk = off[g, k] // HW
+        lk = off[g, k] // g_.map_len
         r, w = clamp(n // g_.OWP, g_.H), n % g_.OWP
         return fill_outside(data[b, live[tirx.min(lk, g_.L)], r, w], lk < g_.L)
 
