@@ -138,25 +138,7 @@ def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool, per_image
     one (image, group, n-chunk, t-chunk), run in parallel, or with ``per_image`` run in turn inside
     its image's parallel iteration."""
     blk = sch.get_sblock("C")
-    if geom.NRP:
-        b, g, t, r, w, k = sch.get_loops(blk)
-        n = sch.fuse(r, w)
-    else:
-        b, g, t, n, k = sch.get_loops(blk)
-    tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
-    no, nt, nv = sch.split(n, [None, geom.NTC, geom.NV])
-    one_block = geom.KP == geom.KC
-    if one_block:  # no k-block loop: the accumulators can start at zero in registers (below)
-        ko, ki = None, k
-        sch.reorder(b, g, no, tp, nt, to, ki, ti, nv)
-    else:
-        ko, ki = sch.split(k, [None, geom.KC])
-        sch.reorder(b, g, no, tp, ko, nt, to, ki, ti, nv)
-    if per_image:
-        par, task = b, sch.fuse(g, no, tp)
-    else:
-        par = task = sch.fuse(b, g, no, tp)
-    sch.parallel(par)
+    par, task, ko, ki, ti, nv = gemm_loops(sch, blk, geom, tpo, per_image)
     if not fused_epi:
         acc = sch.cache_write(blk, 0, "local")
         sch.reverse_compute_at(acc, task)
@@ -167,7 +149,32 @@ def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool, per_image
     sch.vectorize(nv)
     if not fused_epi:
         sch.vectorize(sch.get_loops(acc)[-1])
-    return par, task, (task, ki) if one_block else (ko, ko)
+    return par, task, (task, ki) if ko is None else (ko, ko)
+
+
+def gemm_loops(sch, blk, geom: ConvGeometry, tpo: int, per_image: bool, stationary: str = "pixels"):
+    """The GEMM block's loops split into (parallel loop, task loop, k-block loop or None, k, t tile,
+    n tile): tasks over (image, group, n-chunk, t-chunk), then per k block the register tiles,
+    ordered so that the ``stationary`` operand's stripe stays in L1 while the other streams past:
+    "pixels" (a P stripe [KC, NV] across all filter tiles) or "filters" (cpu_small: a filter stripe
+    [KC, TI] across a chunk's pixel tiles).  With one k block there is no k-block loop, so the
+    accumulators can start at zero in registers (_decompose_init)."""
+    if geom.NRP:
+        b, g, t, r, w, k = sch.get_loops(blk)
+        n = sch.fuse(r, w)
+    else:
+        b, g, t, n, k = sch.get_loops(blk)
+    tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
+    no, nt, nv = sch.split(n, [None, geom.NTC, geom.NV])
+    ko, ki = (None, k) if geom.KP == geom.KC else sch.split(k, [None, geom.KC])
+    tiles = (nt, to, ki, ti, nv) if stationary == "pixels" else (to, nt, ki, nv, ti)
+    sch.reorder(b, g, no, tp, *([] if ko is None else [ko]), *tiles)
+    if per_image:
+        par, task = b, sch.fuse(g, no, tp)
+    else:
+        par = task = sch.fuse(b, g, no, tp)
+    sch.parallel(par)
+    return par, task, ko, ki, ti, nv
 
 
 def _decompose_init(sch, at):

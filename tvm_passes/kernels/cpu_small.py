@@ -82,22 +82,7 @@ def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, per_image: bool):
     tile NV pixels (unrolled) x 32 filters (vectorized).  Returns (parallel loop, task loop,
     (gather loop, init loop), accumulator copy block)."""
     blk = sch.get_sblock("C")
-    b, g, t, r, w, k = sch.get_loops(blk)
-    n = sch.fuse(r, w)
-    tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
-    no, nt, nv = sch.split(n, [None, geom.NTC, geom.NV])
-    one_block = geom.KP == geom.KC
-    if one_block:
-        ko, ki = None, k
-        sch.reorder(b, g, no, tp, to, nt, ki, nv, ti)
-    else:
-        ko, ki = sch.split(k, [None, geom.KC])
-        sch.reorder(b, g, no, tp, ko, to, nt, ki, nv, ti)
-    if per_image:
-        par, task = b, sch.fuse(g, no, tp)
-    else:
-        par = task = sch.fuse(b, g, no, tp)
-    sch.parallel(par)
+    par, task, ko, ki, ti, nv = cpu.gemm_loops(sch, blk, geom, tpo, per_image, stationary="filters")
     acc = sch.cache_write(blk, 0, "local")
     # pixel-major accumulators: a vector of 16 output channels is contiguous
     sch.transform_layout(blk, ("write", 0), lambda b_, g_, t_, r_, w_: (b_, g_, r_, w_, t_))
@@ -106,4 +91,4 @@ def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, per_image: bool):
     tio, tii = sch.split(ti, [None, cpu_copies.VECTOR_LANES])
     sch.unroll(tio)
     sch.vectorize(tii)
-    return par, task, ((task, ki) if one_block else (ko, ko)), acc
+    return par, task, ((task, ki) if ko is None else (ko, ko)), acc
