@@ -2,7 +2,8 @@
 docs/formulas.md section 1 "Lowering").  Target-independent; the schedules are in cpu.py / cuda.py.
 
 Stages of the conv (block names are relied upon by the schedules):
-  "Dp"   padded copy of the *live* input maps, flat per image: Dp[b, l*Hp*Wp + h*Wp + w]
+  "Dp"   padded copy of the *live* input maps, flat per image: Dp[b, l*Hp*Wp + h*Wp + w] (a
+         stride-2 stem: each map as 2 x 2 phase planes of Hq x Wq, ConvGeometry.PH, formula 1.24)
   "P"    gathered patch matrix P[b, g, k, n] = Dp[b, off[g, k] + base[n]]  (CPU 1x1 convs with
          unpadded rows: read from ``data`` itself, no "Dp"; ``direct_rows``, formula 1.23)
   "C"    GEMM C[b, g, t, n] = sum_k F[g, t // TI, k, t % TI] * P[b, g, k, n]
@@ -79,7 +80,7 @@ def _epilogue(v, bias=None, res=None, relu=False):
 
 def padded_value(g_: ConvGeometry, data, live, b, f, fill: int = 0):
     """Element f of image b's flat padded copy of the live maps (stage "Dp"): data at (live map
-    f // (Hp Wp), row, column), 0 in the padding and in the zero map L.  A uint8 ``data`` (the
+    f // map_len, row, column), 0 in the padding and in the zero map L.  A uint8 ``data`` (the
     int8 kernels' carried activations) has ``fill``, its zero point, there instead."""
     l = f // g_.map_len
     r = f % g_.map_len
