@@ -18,7 +18,7 @@ from tvm import s_tir
 
 from .cpu_copies import VECTOR_LANES, schedule_padded_copy, schedule_row_gather, vectorize_row
 from .lowering import ConvGeometry
-from .te_defs import strided_rows
+from .te_defs import strided_rows, unit_conv
 
 CONV_TI = 6  # filter rows per register tile (8 when T/groups is a multiple of 8)
 CONV_NV = 32  # output pixels per register tile (2 AVX-512 vectors)
@@ -50,8 +50,7 @@ def direct_lowering_params(geom: ConvGeometry, params: dict):
     """``params`` with output rows of exactly OW pixels for a 1x1 conv (stride 1, no padding) whose
     rows ``params`` padded (28 -> 32): its gathered rows are then rows of the input, read without
     the padded copy (te_defs.reads_input_directly); None for any other conv."""
-    one = (geom.kh, geom.kw, geom.sh, geom.sw) == (1, 1, 1, 1) and not any((geom.pt, geom.pl, geom.pb, geom.pr))
-    if not one or not geom.OWP or geom.OWP == geom.OW:
+    if not unit_conv(geom) or not geom.OWP or geom.OWP == geom.OW:
         return None
     return {**params, "row_align": (geom.OW,)}
 
@@ -109,17 +108,23 @@ def t_chunks(geom: ConvGeometry, target) -> int:
     return 1 if image_tasks(geom, nthreads) else choose_t_split(geom, nthreads)
 
 
-def schedule_conv_cpu(func, geom: ConvGeometry, target):
-    """Schedule the conv_te PrimFunc (blocks Dp, P, C, out) for a multi-core AVX-512 CPU."""
+def task_plan(geom: ConvGeometry, target):
+    """(whole-image tasks, t-chunks per task, epilogue fused into the task) of a float32 conv."""
     per_image = image_tasks(geom, _num_threads(target))
     tpo = t_chunks(geom, target)
     if geom.TO % tpo:
         tpo = 1
-    sch = s_tir.schedule.Schedule(func)
     # the fused epilogue maps out[c] to (group, c % Tg) per parallel task: only exact when every
     # t-chunk of a group is whole (no padded filters inside a split group), else some filters of
     # each group are never written (found by tests/test_fuzz.py)
     fused_epi = bool(geom.NRP) and (geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1))
+    return per_image, tpo, fused_epi
+
+
+def schedule_conv_cpu(func, geom: ConvGeometry, target):
+    """Schedule the conv_te PrimFunc (blocks Dp, P, C, out) for a multi-core AVX-512 CPU."""
+    per_image, tpo, fused_epi = task_plan(geom, target)
+    sch = s_tir.schedule.Schedule(func)
     par, task, (ko, init_at) = _schedule_gemm(sch, geom, tpo, fused_epi, per_image)
     # gather the patch panel once per task and k block
     pblk = sch.get_sblock("P")

@@ -50,19 +50,10 @@ def lowering_params(geom: ConvGeometry):
     return dict(TI=TILE_T, NV=nv, kc_max=KC, row_align=(geom.OW,), chunk_tiles=tuple(range(1, 33)), whole_rows=True)
 
 
-def is_small_tile(geom: ConvGeometry) -> bool:
-    """Whether ``geom`` was lowered with lowering_params (pixel rows not padded, 32-filter tiles)."""
-    return geom.TI == TILE_T and geom.OWP == geom.OW and geom.NV in NV_RANGE
-
-
 def schedule_conv_small(func, geom: ConvGeometry, target):
     """Schedule the conv_te PrimFunc (blocks Dp, P, C, out) with the pixel x channel register tile."""
-    per_image = cpu.image_tasks(geom, cpu._num_threads(target))
-    tpo = cpu.t_chunks(geom, target)
-    if geom.TO % tpo:
-        tpo = 1
+    per_image, tpo, fused_epi = cpu.task_plan(geom, target)
     sch = s_tir.schedule.Schedule(func)
-    fused_epi = geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1)
     par, task, (ko, init_at), acc = _schedule_gemm(sch, geom, tpo, per_image)
     pblk = sch.get_sblock("P")
     sch.compute_at(pblk, ko)

@@ -24,7 +24,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from .cpu_copies import partition_row, vectorize_row
-from .lowering import _pad4, _pair, conv_output_size
+from .lowering import _pad4, _pair, _sizes
 from .te_defs import _epilogue, clamp, fill_outside
 
 
@@ -36,11 +36,10 @@ def is_depthwise(data_shape, weight_shape, groups) -> bool:
 def _dims(data_shape, kh, kw, stride, padding, dilation):
     """(OH, OW, Hp, Wq, Wpad): output size, padded rows read, columns per phase and the length of a
     zero-padded row."""
-    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
-    OH, OW = conv_output_size(int(data_shape[2]), int(data_shape[3]), kh, kw, stride, padding, dilation)
-    Hp = (OH - 1) * sh + (kh - 1) * dh + 1
-    Wq = OW + ((kw - 1) * dw) // sw
-    return OH, OW, Hp, Wq, Wq * sw
+    C = int(data_shape[1])
+    z = _sizes(data_shape, (C, 1, kh, kw), stride, padding, dilation, C)
+    Wq = z["OW"] + ((kw - 1) * z["dw"]) // z["sw"]
+    return z["OH"], z["OW"], z["Hp"], Wq, Wq * z["sw"]
 
 
 def depthwise_te(data_shape, kh, kw, stride, padding, dilation, has_bias, relu):

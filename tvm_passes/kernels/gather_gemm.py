@@ -167,13 +167,15 @@ def conv2d_gather_gemm(
         lw = cpu.lowering_params(weight.shape[0] // groups)
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
     data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
+    small = None  # lowering_params of cpu_small: a small map on pixel x channel register tiles
     if gpu:
         geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw)
     else:
         geom, F, live, off, base = _lower_cpu(data_shape, weight, kw, lw, target)
-        small = cpu_small.lowering_params(geom) or cpu.direct_lowering_params(geom, lw)
-        if small:  # a small map: pixel x channel register tiles, no padded pixels; or direct rows
-            geom, F, live, off, base = _lower_cpu(data_shape, weight, kw, small, target)
+        small = cpu_small.lowering_params(geom)
+        relower = small or cpu.direct_lowering_params(geom, lw)  # or unpadded rows for direct reads
+        if relower:
+            geom, F, live, off, base = _lower_cpu(data_shape, weight, kw, relower, target)
     if tc:  # [G, TO, KP, TI] -> [G, TP, KP], rows of the filter matrix in the operand type
         F = operand_array(F.transpose(0, 1, 3, 2).reshape(geom.G, geom.TO * geom.TI, geom.KP), dtype)
     consts = [F, live, off] + ([] if geom.OWP else [base])
@@ -187,7 +189,7 @@ def conv2d_gather_gemm(
         func = cuda_tc.schedule_conv_tc(func, geom, dtype)
     elif gpu:
         func = cuda.schedule_conv_cuda(func, geom, target)
-    elif cpu_small.is_small_tile(geom):
+    elif small:
         func = cpu_small.schedule_conv_small(func, geom, target)
     else:
         func = cpu.schedule_conv_cpu(func, geom, target)

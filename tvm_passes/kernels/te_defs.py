@@ -152,12 +152,16 @@ def gather_rows(g_: ConvGeometry, Dp, off, base):
     return te.compute((g_.N, g_.G, g_.KP, g_.NP), lambda b, g, k, n: Dp[b, off[g, k] + base[n]], name="P")
 
 
+def unit_conv(g_: ConvGeometry) -> bool:
+    """A 1x1 conv with stride 1 and no padding: its padded input is the input itself."""
+    return (g_.kh, g_.kw, g_.sh, g_.sw) == (1, 1, 1, 1) and not any((g_.pt, g_.pl, g_.pb, g_.pr))
+
+
 def reads_input_directly(g_: ConvGeometry) -> bool:
-    """Whether the gathered rows can be read from the input itself (no stage "Dp"): a 1x1 conv
-    with stride 1 and no padding whose output rows are not padded (OWP == OW), so a gathered
-    row is a row of one input map (formula 1.23)."""
-    one = (g_.kh, g_.kw, g_.sh, g_.sw) == (1, 1, 1, 1) and not any((g_.pt, g_.pl, g_.pb, g_.pr))
-    return one and g_.OWP == g_.OW
+    """Whether the gathered rows can be read from the input itself (no stage "Dp"): a unit_conv
+    whose output rows are not padded (OWP == OW), so a gathered row is a row of one input map
+    (formula 1.23)."""
+    return unit_conv(g_) and g_.OWP == g_.OW
 
 
 def direct_rows(g_: ConvGeometry, data, live, off):
