@@ -57,6 +57,8 @@ CASES = [
     (2, 8, 32, 32, 16, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, 1.0, False, True),
     # a 7x7 stride-2 stem: gathered from 2 x 2 phase planes of the padded input (formula 1.24)
     (1, 3, 23, 21, 16, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, 0.5, False, False),
+    # rows of 32 pixels, 32 filters: AMX calls of 2 filter x 2 pixel tiles from a tilezero start
+    (2, 16, 32, 32, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.6, False, True),
     # 1440 gather rows: two k blocks of the AMX kernel (up to 1024 each), six of the VNNI one
     (1, 160, 6, 6, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 1.0, False, True),
 ]
