@@ -32,11 +32,13 @@ from .lowering import ConvGeometry
 #: rows / columns of an output tile, and gather rows per tile product
 TILE = 16
 TILE_K = 64
-#: fewer gather rows than this: the VNNI kernel, even where AMX is there.  With one or two tile
-#: products per load / store of the accumulator tiles, the tiles lose to vpdpbusd: ResNet-18's
-#: 7x7 stem (~50 rows at density 0.3) took 10.4 ms on AMX and 8.1 on VNNI at batch 32; a 56x56
-#: layer (~170 rows) 3.6 against 3.9, a 14x14 one (~690 rows) 1.8 against 2.5.
-MIN_K = 128
+#: fewer gather rows than this: the VNNI kernel, even where AMX is there.  Since the calls cover
+#: whole rows of pixel tiles and start from tilezero, the tiles win from a few dozen rows (batch
+#: 32 / 1, ms): ResNet-18's 7x7 stem (44 rows at density 0.3) 5.3 against 6.2 / 0.17 against
+#: 0.19; a 1x1 stride-2 conv with 64 rows 1.18 against 1.24 / 0.053 against 0.048; a 56x56
+#: layer at density 0.2 (~115 rows) 2.3 against 4.3.  With one tile product per call (<= 64
+#: rows) the VNNI kernel's register tiles are as fast.
+MIN_K = 32
 #: k blocks of up to 1024 gather rows (16 tile products per load / store of the accumulators and
 #: per ldtilecfg): against 256, a 7x7 ResNet-18 layer took 0.10 against 0.15 ms at batch 1 and
 #: 2.4 against 3.0 at batch 32; the gathered panel of a block stays in L2
