@@ -275,6 +275,40 @@ def test_1x1_reads_input_directly(N, C, H, T, density, residual):
     assert rel_err(out, np.maximum(ref + res if residual else ref, 0)) <= TOL
 
 
+# (N, C, H, T, k, stride, density, residual, relu): convs with one k block on flat 16x16 / 32x32
+# maps, whose fused epilogue runs on each register tile (cpu.tile_epilogue): 1x1, 3x3, stride 2,
+# 6-filter tiles (T = 30), ReLU6 and no activation
+TILE_EPILOGUE = [
+    (2, 16, 16, 24, 1, 1, 1.0, True, True),
+    (1, 12, 32, 30, 3, 1, 0.4, True, 6.0),
+    (2, 8, 32, 16, 3, 2, 0.5, False, True),
+    (1, 16, 16, 48, 1, 1, 0.5, False, False),
+]
+
+
+@pytest.mark.parametrize("N,C,H,T,k,s,density,residual,relu", TILE_EPILOGUE)
+def test_epilogue_per_register_tile(N, C, H, T, k, s, density, residual, relu, monkeypatch):
+    from tvm_passes.kernels import cpu
+
+    taken = []
+    monkeypatch.setattr(cpu, "tile_epilogue", lambda g, f=cpu.tile_epilogue: taken.append(f(g)) or taken[-1])
+    w = gbd_weight(T, C, k, k, density, seed=T, dead_maps=(1,))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    b = rng.standard_normal(T).astype(np.float32)
+    pad = (k // 2,) * 4
+    func, consts = conv2d_gather_gemm(
+        x.shape, w, b, stride=(s, s), padding=pad, relu=relu, residual=residual, target=LLVM
+    )
+    assert taken == [True]
+    ref = ref_conv(x, w, b, s, pad, 1, 1, False)
+    res = rng.standard_normal(ref.shape).astype(np.float32) if residual else 0
+    out = run_llvm(func, [x, *consts] + ([res] if residual else []), ref.shape)
+    want = ref + res
+    want = want if relu is False else np.clip(want, 0, None if relu is True else relu)
+    assert rel_err(out, want) <= TOL
+
+
 def test_stride2_stem_gathers_from_phase_planes():
     """A 7x7 stride-2 conv is lowered onto 2 x 2 phase planes (formula 1.24): every gather row
     steps by one along a plane, and its offsets point into the plane of the tap's parity; a 3x3
