@@ -275,11 +275,12 @@ def test_1x1_reads_input_directly(N, C, H, T, density, residual):
     assert rel_err(out, np.maximum(ref + res if residual else ref, 0)) <= TOL
 
 
-# (N, C, H, T, k, stride, density, residual, relu): convs with one k block on flat 16x16 / 32x32
-# maps, whose fused epilogue runs on each register tile (cpu.tile_epilogue): 1x1, 3x3, stride 2,
-# 6-filter tiles (T = 30), ReLU6 and no activation
+# (N, C, H, T, k, stride, density, residual, relu): convs with one k block on flat maps of whole
+# vectors, whose fused epilogue runs on each register tile (cpu.tile_epilogue): 1x1, 3x3, stride 2,
+# 6-filter tiles (T = 30), ReLU6 and no activation, a 20x20 map ending in half a tile
 TILE_EPILOGUE = [
     (2, 16, 16, 24, 1, 1, 1.0, True, True),
+    (3, 8, 20, 16, 1, 1, 1.0, True, True),
     (1, 12, 32, 30, 3, 1, 0.4, True, 6.0),
     (2, 8, 32, 16, 3, 2, 0.5, False, True),
     (1, 16, 16, 48, 1, 1, 0.5, False, False),

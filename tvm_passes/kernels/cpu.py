@@ -143,10 +143,11 @@ def schedule_conv_cpu(func, geom: ConvGeometry, target):
 
 def tile_epilogue(geom: ConvGeometry) -> bool:
     """Whether the fused epilogue runs on each register tile right after its reduction: one k
-    block, output rows numbered unpadded (a tile's 32 pixels are then 32 consecutive output values
-    of a map) and no chunk past the map (56x56 and 112x112 maps; 28x28 and 14x14 ones end in a
-    part tile)."""
-    return geom.KP == geom.KC and geom.OWP == geom.OW and geom.NP == geom.OH * geom.OW
+    block and output rows numbered unpadded, so a tile's 32 pixels are 32 consecutive output values
+    of a map.  Pixels past the map (a part tile at its end, 28x28) are left out by a test that is
+    the same for all 16 lanes of a vector when the map is whole vectors; else (14x14: 196 pixels)
+    that test would be made per lane, on scalars, and the epilogue stays per task."""
+    return geom.KP == geom.KC and geom.OWP == geom.OW and (geom.OH * geom.OW) % VECTOR_LANES == 0
 
 
 def _schedule_tile_epilogue(sch, geom: ConvGeometry, ki):
