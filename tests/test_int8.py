@@ -66,9 +66,12 @@ CASES = [
 
 AMX = {**LLVM, "mcpu": "sapphirerapids", "mattr": ["+amx-tile", "+amx-int8"]}
 needs_amx = pytest.mark.skipif(not request_amx(), reason="no Intel AMX on this CPU / OS")
+#: VNNI without VBMI (the interleave as a 4-input shuffle instead of vpermb)
+CASCADE = {**LLVM, "mcpu": "cascadelake"}
+TARGETS = [LLVM, pytest.param(CASCADE, id="vnni-no-vbmi"), pytest.param(AMX, marks=needs_amx)]
 
 
-@pytest.mark.parametrize("target", [LLVM, pytest.param(AMX, marks=needs_amx)], ids=["vnni", "amx"])
+@pytest.mark.parametrize("target", TARGETS, ids=["vnni", "vnni-no-vbmi", "amx"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"C{c[1]}T{c[4]}k{c[5][0]}x{c[5][1]}s{c[6][0]}g{c[9]}")
 def test_int8_kernel_matches_fake_quant_conv(case, target):
     N, C, H, W, T, k, stride, pad, dil, groups, density, signed, res = case
@@ -91,7 +94,7 @@ def test_int8_kernel_matches_fake_quant_conv(case, target):
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
 
 
-@pytest.mark.parametrize("target", [LLVM, pytest.param(AMX, marks=needs_amx)], ids=["vnni", "amx"])
+@pytest.mark.parametrize("target", TARGETS, ids=["vnni", "vnni-no-vbmi", "amx"])
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3], CASES[6]], ids=lambda c: f"C{c[1]}k{c[5][0]}s{c[6][0]}")
 def test_int8_kernel_carries_uint8(case, target):
     """uint8 in (padded with z), uint8 residual dequantized, uint8 out quantized for the next conv:

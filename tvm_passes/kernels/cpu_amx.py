@@ -247,7 +247,7 @@ def schedule_conv_amx(func, geom: ConvGeometry, target):
         sch.reverse_compute_at(acc, par)
         sch.vectorize(sch.get_loops(acc)[-1])
     scope = "global" if fused_epi else "local"
-    _schedule_gather(sch, geom, par if one_block else ko)
+    _schedule_gather(sch, geom, par if one_block else ko, target)
     schedule_padded_copy(sch, geom)
     _schedule_epilogue(sch, geom, par if fused_epi else None)
     a, p, m = geom.TI // TILE, int(sch.get(nt).extent), geom.KC // TILE_K
