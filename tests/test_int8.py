@@ -94,11 +94,13 @@ def test_int8_kernel_matches_fake_quant_conv(case, target):
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
 
 
+@pytest.mark.parametrize("relu", [True, 0.5], ids=["relu", "relu-clip"])
 @pytest.mark.parametrize("target", TARGETS, ids=["vnni", "vnni-no-vbmi", "amx"])
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3], CASES[6]], ids=lambda c: f"C{c[1]}k{c[5][0]}s{c[6][0]}")
-def test_int8_kernel_carries_uint8(case, target):
+def test_int8_kernel_carries_uint8(case, target, relu):
     """uint8 in (padded with z), uint8 residual dequantized, uint8 out quantized for the next conv:
-    the fake-quant conv of the same uint8 values, requantized, within one step of rounding."""
+    the fake-quant conv of the same uint8 values, requantized, within one step of rounding; a
+    number ``relu`` is a clipped ReLU (ReLU6), folded into the output's clamp."""
     N, C, H, W, T, k, stride, pad, dil, groups, density, _, res = case
     rng = np.random.default_rng(7)
     s, z = 0.02, 9  # padding must read the zero point, not 0
@@ -109,12 +111,13 @@ def test_int8_kernel_carries_uint8(case, target):
     rq, res_q, out_q = rng.integers(0, 256, (N, T, OH, OW)).astype(np.uint8), (0.05, 3), (0.04, 5)
     func, consts = conv2d_gather_gemm_int8(
         xq.shape, w, b, x_scale=s, x_zero=z, stride=stride, padding=pad, dilation=dil, groups=groups,
-        relu=True, residual=res, target=target, in_u8=True, out_q=out_q, res_q=res_q if res else None, amx_min_k=0,
+        relu=relu, residual=res, target=target, in_u8=True, out_q=out_q, res_q=res_q if res else None, amx_min_k=0,
     )  # fmt: skip
     out = run_llvm(func, [xq, *consts] + ([rq] if res else []), (N, T, OH, OW), target, out_dtype="uint8")
     x = s * (xq.astype(np.float32) - z)
     ref = ref_conv(x, fake_quant_weight(w), b, stride, pad, dil, groups, False)
     ref = np.maximum(ref + (res_q[0] * (rq.astype(np.float32) - res_q[1]) if res else 0), 0)
+    ref = ref if relu is True else np.minimum(ref, relu)
     assert out.dtype == np.uint8
     assert np.abs(out.astype(np.int32) - quantize_activation(ref, *out_q)).max() <= 1
 
