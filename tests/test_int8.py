@@ -61,6 +61,8 @@ CASES = [
     (2, 16, 32, 32, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.6, False, True),
     # 1440 gather rows: two k blocks of the AMX kernel (up to 1024 each), six of the VNNI one
     (1, 160, 6, 6, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 1.0, False, True),
+    # 7x7 maps: rows of 8 pixels, a 16-pixel tile over two rows (chunks not whole rows)
+    (3, 32, 7, 7, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.5, False, True),
 ]
 
 
