@@ -63,6 +63,10 @@ CASES = [
     (1, 160, 6, 6, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 1.0, False, True),
     # 7x7 maps: rows of 8 pixels, a 16-pixel tile over two rows (chunks not whole rows)
     (3, 32, 7, 7, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.5, False, True),
+    # AMX calls of several whole rows, with two k blocks
+    (1, 160, 16, 16, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 1.0, False, True),
+    # rows of 256 pixels: one row per AMX call
+    (1, 4, 5, 250, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.5, False, True),
 ]
 
 

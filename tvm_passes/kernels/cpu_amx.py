@@ -6,10 +6,12 @@ One ``tdpbsud`` multiplies a 16 x 64 tile of signed filter bytes (16 filters, 64
 filter matrix Fq [G, TP, KP] row by row) with a 16 x 64 tile of unsigned input bytes (16 rows of
 the interleaved panel P4[k/4, n, k%4]: 64 gather rows x 16 pixels, exactly the VNNI layout) into
 a 16 x 16 int32 tile: 16,384 multiply-adds per instruction, against 64 for ``vpdpbusd``.  One
-call of the intrinsic covers a filter tiles (a = TI / 16) x all pixel tiles of an output row (or
-of a chunk), blocked as a x 2 accumulator tiles where the pixel tiles pair up: per k step two input
-tiles and a filter tiles make 2 a products (up to 8 tiles).  The tile configuration is per thread
-state, so each call loads it, once for all its tiles.  With one k block (at most 1024 gather
+call of the intrinsic covers a filter tiles (a = TI / 16) x all pixel tiles of the task's output
+rows (or of its chunk), blocked as a x 2 accumulator tiles where the pixel tiles pair up: per k
+step two input tiles and a filter tiles make 2 a products (up to 8 tiles).  The tile
+configuration is per thread state, so each call loads it, once for all its tiles; with one call
+per output row instead of per task's rows the loads (``ldtilecfg`` serializes the core) were ~10%
+of a 56x56 conv, and 28x28 / 14x14 convs ran 1.22-1.26x slower at batch 32 (ad-hoc).  With one k block (at most 1024 gather
 rows) the accumulators start at zero in the tiles (``tilezero``); otherwise they are loaded from
 memory and stored back per k block.  Against one output tile per call with accumulators zeroed in
 memory: 1.14-1.23x on ResNet-18's 3x3 convs at batch 32, density 0.3 (ad-hoc timing).
@@ -71,34 +73,50 @@ def _tile_pairs(p: int) -> int:
     return 2 if p % 2 == 0 else 1
 
 
-def _amx_funcs(m: int, a: int, p: int, scope: str, zero: bool):
+def _amx_funcs(m: int, a: int, p: int, scope: str, zero: bool, R: int = 0):
     """desc / impl of C[16 a, 16 p] (int32, ``scope``) += A[16 a, 64 m] (int8 filters) x
     B[16 m, 16 p, 4] (uint8 interleaved inputs), i.e. a filter tiles x p pixel tiles.  ``zero``:
     the accumulators start at zero (``tilezero``) instead of being loaded, i.e. the impl computes
     C = A x B; only valid with one k block, where ``_zero_init`` makes the zero init that the desc
-    assumes a no-op."""
+    assumes a no-op.  ``R`` > 0: R output rows per call, C[R, 16 a, 16 p] and B[16 m, R 16 p, 4]
+    (the rows' pixels side by side), so one tile configuration load serves R rows."""
     TA, NP = TILE * a, TILE * p
+    cshape, bshape = ((R, TA, NP) if R else (TA, NP)), (TILE * m, max(R, 1) * NP, K_LANE)
 
     @T.prim_func(s_tir=True)
     def desc(ha: T.handle, hb: T.handle, hc: T.handle) -> None:
-        sa, sb, sc = T.int32(), T.int32(), T.int32()
+        sa, sb, sr, sc = T.int32(), T.int32(), T.int32(), T.int32()
         A = T.match_buffer(ha, (TA, TILE_K * m), "int8", strides=[sa, 1], offset_factor=1)
-        B = T.match_buffer(hb, (TILE * m, NP, K_LANE), "uint8", strides=[sb, K_LANE, 1], offset_factor=1)
-        C = T.match_buffer(hc, (TA, NP), "int32", strides=[sc, 1], offset_factor=1, scope=scope)
+        B = T.match_buffer(hb, bshape, "uint8", strides=[sb, K_LANE, 1], offset_factor=1)
+        C = T.match_buffer(hc, cshape, "int32", strides=[sr, sc, 1] if R > 0 else [sc, 1], offset_factor=1, scope=scope)
         with T.sblock("root"):
-            T.reads(C[0:TA, 0:NP], B[0 : TILE * m, 0:NP, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
-            T.writes(C[0:TA, 0:NP])
-            for j, t, n, k4, kj in T.grid(p, TA, TILE, TILE * m, K_LANE):
-                with T.sblock("update"):
-                    vt = T.axis.spatial(TA, t)
-                    vn = T.axis.spatial(NP, _pixel(j, n, p))
-                    vk4, vkj = T.axis.remap("RR", [k4, kj])
-                    # operands in the order the conv's block reads them (inputs, then filters)
-                    C[vt, vn] = C[vt, vn] + T.cast(B[vk4, vn, vkj], "int32") * T.cast(
-                        A[vt, vk4 * K_LANE + vkj], "int32"
-                    )
+            if R > 0:
+                T.reads(C[0:R, 0:TA, 0:NP], B[0 : TILE * m, 0 : R * NP, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
+                T.writes(C[0:R, 0:TA, 0:NP])
+            else:
+                T.reads(C[0:TA, 0:NP], B[0 : TILE * m, 0:NP, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
+                T.writes(C[0:TA, 0:NP])
+            # operands in the order the conv's block reads them (inputs, then filters)
+            if R > 0:
+                for r, j, t, n, k4, kj in T.grid(R, p, TA, TILE, TILE * m, K_LANE):
+                    with T.sblock("update"):
+                        vt, vr = T.axis.spatial(TA, t), T.axis.spatial(R, r)  # the conv block's order
+                        vn = T.axis.spatial(NP, _pixel(j, n, p))
+                        vk4, vkj = T.axis.remap("RR", [k4, kj])
+                        C[vr, vt, vn] = C[vr, vt, vn] + T.cast(B[vk4, vr * NP + vn, vkj], "int32") * T.cast(
+                            A[vt, vk4 * K_LANE + vkj], "int32"
+                        )
+            else:
+                for j, t, n, k4, kj in T.grid(p, TA, TILE, TILE * m, K_LANE):
+                    with T.sblock("update"):
+                        vt = T.axis.spatial(TA, t)
+                        vn = T.axis.spatial(NP, _pixel(j, n, p))
+                        vk4, vkj = T.axis.remap("RR", [k4, kj])
+                        C[vt, vn] = C[vt, vn] + T.cast(B[vk4, vn, vkj], "int32") * T.cast(
+                            A[vt, vk4 * K_LANE + vkj], "int32"
+                        )
 
-    return desc, _amx_impl(m, a, p, scope, zero)
+    return desc, _amx_impl(m, a, p, scope, zero, R)
 
 
 def _tile_op(name: str, tile, *args):
@@ -106,22 +124,27 @@ def _tile_op(name: str, tile, *args):
     return T.call_llvm_intrin("void", f"llvm.x86.{name}", T.Cast("int8", tile), *args)
 
 
-def _amx_impl(m: int, a: int, p: int, scope: str, zero: bool):
+def _amx_impl(m: int, a: int, p: int, scope: str, zero: bool, R: int = 0):
     """The accumulators blocked as a x pp tiles (pp = _tile_pairs(p)): per k step pp input tiles
     and a filter tiles are loaded for a pp products, and the tile configuration is loaded once per
     call (tiles: accumulators 0 .. a pp - 1, filters a pp .., inputs a pp + a ..)."""
     TA, NP, pp = TILE * a, TILE * p, _tile_pairs(p)
     w = _tile_config_words(a * pp + a + pp)
+    cshape, bshape = ((R, TA, NP) if R else (TA, NP)), (TILE * m, max(R, 1) * NP, K_LANE)
 
     @T.prim_func(s_tir=True)
     def impl(ha: T.handle, hb: T.handle, hc: T.handle) -> None:
-        sa, sb, sc = T.int32(), T.int32(), T.int32()
+        sa, sb, sr, sc = T.int32(), T.int32(), T.int32(), T.int32()
         A = T.match_buffer(ha, (TA, TILE_K * m), "int8", strides=[sa, 1], offset_factor=1)
-        B = T.match_buffer(hb, (TILE * m, NP, K_LANE), "uint8", strides=[sb, K_LANE, 1], offset_factor=1)
-        C = T.match_buffer(hc, (TA, NP), "int32", strides=[sc, 1], offset_factor=1, scope=scope)
+        B = T.match_buffer(hb, bshape, "uint8", strides=[sb, K_LANE, 1], offset_factor=1)
+        C = T.match_buffer(hc, cshape, "int32", strides=[sr, sc, 1] if R > 0 else [sc, 1], offset_factor=1, scope=scope)
         with T.sblock("root"):
-            T.reads(C[0:TA, 0:NP], B[0 : TILE * m, 0:NP, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
-            T.writes(C[0:TA, 0:NP])
+            if R > 0:
+                T.reads(C[0:R, 0:TA, 0:NP], B[0 : TILE * m, 0 : R * NP, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
+                T.writes(C[0:R, 0:TA, 0:NP])
+            else:
+                T.reads(C[0:TA, 0:NP], B[0 : TILE * m, 0:NP, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
+                T.writes(C[0:TA, 0:NP])
             cfg = T.alloc_buffer((8,), "uint64", scope="local")
             for i in range(8):
                 cfg[i] = T.uint64(0)
@@ -130,17 +153,20 @@ def _amx_impl(m: int, a: int, p: int, scope: str, zero: bool):
             cfg[3] = T.uint64(w[3])
             cfg[6] = T.uint64(w[6])
             T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", T.address_of(cfg[0])))
-            for jo in range(p // pp):
+            for r, jo in T.grid(max(R, 1), p // pp):
                 for q in T.unroll(a):
                     for j in T.unroll(pp):
                         if zero:
                             T.evaluate(_tile_op("tilezero", q * pp + j))
+                        elif R > 0:
+                            c = T.address_of(C[r, TILE * q, TILE * (jo * pp + j)])
+                            T.evaluate(_tile_op("tileloadd64", q * pp + j, c, T.int64(sc) * 4))
                         else:
                             c = T.address_of(C[TILE * q, TILE * (jo * pp + j)])
                             T.evaluate(_tile_op("tileloadd64", q * pp + j, c, T.int64(sc) * 4))
                 for i in range(m):
                     for j in T.unroll(pp):
-                        b = T.address_of(B[TILE * i, TILE * (jo * pp + j), 0])
+                        b = T.address_of(B[TILE * i, r * NP + TILE * (jo * pp + j), 0])
                         T.evaluate(_tile_op("tileloadd64", a * pp + a + j, b, T.int64(sb)))
                     for q in T.unroll(a):
                         f = T.address_of(A[TILE * q, TILE_K * i])
@@ -153,37 +179,56 @@ def _amx_impl(m: int, a: int, p: int, scope: str, zero: bool):
                             )
                 for q in T.unroll(a):
                     for j in T.unroll(pp):
-                        c = T.address_of(C[TILE * q, TILE * (jo * pp + j)])
-                        T.evaluate(_tile_op("tilestored64", q * pp + j, c, T.int64(sc) * 4))
+                        if R > 0:
+                            c = T.address_of(C[r, TILE * q, TILE * (jo * pp + j)])
+                            T.evaluate(_tile_op("tilestored64", q * pp + j, c, T.int64(sc) * 4))
+                        else:
+                            c = T.address_of(C[TILE * q, TILE * (jo * pp + j)])
+                            T.evaluate(_tile_op("tilestored64", q * pp + j, c, T.int64(sc) * 4))
 
     return impl
 
 
-def _skip_init_funcs(a: int, p: int, scope: str):
-    """desc / impl of the zero init of C[16 a, 16 p]: the impl does nothing, because the ``zero``
-    products right after it (same tiles, one k block) start their accumulator tiles at zero."""
+def _skip_init_funcs(a: int, p: int, scope: str, R: int = 0):
+    """desc / impl of the zero init of C[16 a, 16 p] (``R`` > 0: C[R, 16 a, 16 p]): the impl does
+    nothing, because the ``zero`` products right after it (same tiles, one k block) start their
+    accumulator tiles at zero."""
     TA = TILE * a
+    cshape = (R, TA, TILE * p) if R else (TA, TILE * p)
 
     @T.prim_func(s_tir=True)
     def desc(hc: T.handle) -> None:
-        sc = T.int32()
-        C = T.match_buffer(hc, (TA, TILE * p), "int32", strides=[sc, 1], offset_factor=1, scope=scope)
+        sr, sc = T.int32(), T.int32()
+        C = T.match_buffer(hc, cshape, "int32", strides=[sr, sc, 1] if R > 0 else [sc, 1], offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:TA, 0 : TILE * p])
-            for j, t, n in T.grid(p, TA, TILE):
-                with T.sblock("init"):
-                    vt = T.axis.spatial(TA, t)
-                    vn = T.axis.spatial(TILE * p, _pixel(j, n, p))
-                    C[vt, vn] = T.int32(0)
+            if R > 0:
+                T.writes(C[0:R, 0:TA, 0 : TILE * p])
+            else:
+                T.writes(C[0:TA, 0 : TILE * p])
+            if R > 0:
+                for r, j, t, n in T.grid(R, p, TA, TILE):
+                    with T.sblock("init"):
+                        vt, vr = T.axis.spatial(TA, t), T.axis.spatial(R, r)  # the conv block's order
+                        vn = T.axis.spatial(TILE * p, _pixel(j, n, p))
+                        C[vr, vt, vn] = T.int32(0)
+            else:
+                for j, t, n in T.grid(p, TA, TILE):
+                    with T.sblock("init"):
+                        vt = T.axis.spatial(TA, t)
+                        vn = T.axis.spatial(TILE * p, _pixel(j, n, p))
+                        C[vt, vn] = T.int32(0)
 
     @T.prim_func(s_tir=True)
     def impl(hc: T.handle) -> None:
-        sc = T.int32()
-        C = T.match_buffer(hc, (TA, TILE * p), "int32", strides=[sc, 1], offset_factor=1, scope=scope)
+        sr, sc = T.int32(), T.int32()
+        C = T.match_buffer(hc, cshape, "int32", strides=[sr, sc, 1] if R > 0 else [sc, 1], offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads()
-            T.writes(C[0:TA, 0 : TILE * p])
+            if R > 0:
+                T.writes(C[0:R, 0:TA, 0 : TILE * p])
+            else:
+                T.writes(C[0:TA, 0 : TILE * p])
             T.evaluate(0)
 
     return desc, impl
@@ -197,15 +242,17 @@ def _register(name, funcs) -> str:
     return name
 
 
-def _zero_init(sch, blk, at, a: int, p: int, scope: str) -> None:
+def _zero_init(sch, blk, at, a: int, p: int, scope: str, R: int = 0) -> None:
     """One k block: the zero init goes right before the tiles' products (decomposed at ``at``) and
     is tensorized to nothing; the products start from ``tilezero``.  Before, the whole chunk of
     accumulators was zeroed in memory and loaded into the tiles once per tile."""
     depth = [sch.get(loop).same_as(sch.get(at)) for loop in sch.get_loops(blk)].index(True)
     init = sch.decompose_reduction(blk, at)
-    name = _register(f"gbd_amx_skip_init_{a}x{p}_{scope}", lambda: _skip_init_funcs(a, p, scope))
+    name = _register(f"gbd_amx_skip_init_{a}x{p}x{R}_{scope}", lambda: _skip_init_funcs(a, p, scope, R))
     top = sch.get_loops(init)[depth]  # the init's copy of ``at``; a unit loop is not copied
-    sch.tensorize(sch.add_unit_loop(top) if p == 1 else top, name)
+    if p == 1 and R:  # the pixel-tile loop of the rows' tiles, as the desc
+        sch.add_unit_loop(sch.get_loops(init)[depth + 1])
+    sch.tensorize(sch.add_unit_loop(top) if p == 1 and not R else top, name)
 
 
 def schedule_conv_amx(func, geom: ConvGeometry, target):
@@ -235,11 +282,16 @@ def schedule_conv_amx(func, geom: ConvGeometry, target):
     tp, to, ti = sch.split(t, [tpo, geom.TO // tpo, geom.TI])
     one_block = geom.KP == geom.KC
     ko, ki = (None, k4) if one_block else sch.split(k4, [None, geom.KC // K_LANE])
-    # per call: a filter tiles x all pixel tiles of a row (or chunk), one ldtilecfg for them all
+    # per call: a filter tiles x all pixel tiles of the chunk's R rows (or of the chunk), one
+    # ldtilecfg for them all: a call per row loaded it for every row (~10% of a 56x56 conv)
     pix = [] if nt is None else [nt]
-    sch.reorder(b, g, no, tp, *([] if one_block else [ko]), *rows, to, *pix, ti, ni, ki, kj)
+    R = geom.NTC * geom.NV // geom.OWP if geom.NRP else 0
+    R = R if R > 1 else 0
+    outer = [to, *rows] if R else [*rows, to]
+    sch.reorder(b, g, no, tp, *([] if one_block else [ko]), *outer, *pix, ti, ni, ki, kj)
     if nt is None:  # one pixel tile: a unit loop, which the tile binding does not use (as the desc)
         nt = sch.add_unit_loop(ti)
+    call = rows[0] if R else nt
     par = sch.fuse(b, g, no, tp)
     sch.parallel(par)
     if not fused_epi:
@@ -252,10 +304,10 @@ def schedule_conv_amx(func, geom: ConvGeometry, target):
     _schedule_epilogue(sch, geom, par if fused_epi else None)
     a, p, m = geom.TI // TILE, int(sch.get(nt).extent), geom.KC // TILE_K
     if one_block:
-        _zero_init(sch, blk, nt, a, p, scope)
+        _zero_init(sch, blk, call, a, p, scope, R)
     else:
         init = sch.decompose_reduction(blk, ko)
         sch.vectorize(sch.get_loops(init)[-1])
-    name = f"gbd_amx_{m}x{a}x{p}_{scope}" + ("_zero" if one_block else "")
-    sch.tensorize(nt, _register(name, lambda: _amx_funcs(m, a, p, scope, one_block)))
+    name = f"gbd_amx_{m}x{a}x{p}x{R}_{scope}" + ("_zero" if one_block else "")
+    sch.tensorize(call, _register(name, lambda: _amx_funcs(m, a, p, scope, one_block, R)))
     return sch.mod["main"]
