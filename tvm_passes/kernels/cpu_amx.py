@@ -11,10 +11,11 @@ rows (or of its chunk), blocked as a x 2 accumulator tiles where the pixel tiles
 step two input tiles and a filter tiles make 2 a products (up to 8 tiles).  The tile
 configuration is per thread state, so each call loads it, once for all its tiles; with one call
 per output row instead of per task's rows the loads (``ldtilecfg`` serializes the core) were ~10%
-of a 56x56 conv, and 28x28 / 14x14 convs ran 1.22-1.26x slower at batch 32 (ad-hoc).  With one k block (at most 1024 gather
-rows) the accumulators start at zero in the tiles (``tilezero``); otherwise they are loaded from
-memory and stored back per k block.  Against one output tile per call with accumulators zeroed in
-memory: 1.14-1.23x on ResNet-18's 3x3 convs at batch 32, density 0.3 (ad-hoc timing).
+of a 56x56 conv, and 28x28 / 14x14 convs ran 1.22-1.26x slower at batch 32 (ad-hoc).  With one
+k block (at most 1024 gather rows) the accumulators start at zero in the tiles (``tilezero``);
+otherwise they are loaded from memory and stored back per k block.  Against one output tile per
+call with accumulators zeroed in memory: 1.14-1.23x on ResNet-18's 3x3 convs at batch 32,
+density 0.3 (ad-hoc timing).
 
 Linux hands AMX state to a process only on request (``arch_prctl(ARCH_REQ_XCOMP_PERM)``,
 ``target.request_amx``): ``make_target("llvm")`` asks, and adds the AMX features to the host target
