@@ -67,6 +67,8 @@ CASES = [
     (1, 160, 16, 16, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 1.0, False, True),
     # rows of 256 pixels: one row per AMX call
     (1, 4, 5, 250, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.5, False, True),
+    # 8 images: whole-image tasks of the AMX kernel, each making its image's padded copy
+    (8, 16, 16, 16, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.5, False, True),
 ]
 
 
@@ -102,7 +104,9 @@ def test_int8_kernel_matches_fake_quant_conv(case, target):
 
 @pytest.mark.parametrize("relu", [True, 0.5], ids=["relu", "relu-clip"])
 @pytest.mark.parametrize("target", TARGETS, ids=["vnni", "vnni-no-vbmi", "amx"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3], CASES[6]], ids=lambda c: f"C{c[1]}k{c[5][0]}s{c[6][0]}")
+@pytest.mark.parametrize(
+    "case", [CASES[0], CASES[2], CASES[3], CASES[6], CASES[-1]], ids=lambda c: f"C{c[1]}k{c[5][0]}s{c[6][0]}"
+)
 def test_int8_kernel_carries_uint8(case, target, relu):
     """uint8 in (padded with z), uint8 residual dequantized, uint8 out quantized for the next conv:
     the fake-quant conv of the same uint8 values, requantized, within one step of rounding; a
