@@ -27,7 +27,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.script import tirx as T
 
-from .cpu import _num_threads, _schedule_epilogue, choose_t_split, image_tasks
+from .cpu import _schedule_epilogue, task_plan
 from .cpu_copies import schedule_padded_copy
 from .cpu_int8 import K_LANE, _register_intrinsics, _schedule_gather
 from .lowering import ConvGeometry
@@ -74,6 +74,13 @@ def _tile_pairs(p: int) -> int:
     return 2 if p % 2 == 0 else 1
 
 
+def _call_shapes(m: int, a: int, p: int, R: int):
+    """Shapes of one call's accumulators C ([R,] 16 a, 16 p) and interleaved inputs B (16 m,
+    max(R, 1) 16 p, 4); R = 0: one row, C two-dimensional."""
+    TA, NP = TILE * a, TILE * p
+    return ((R, TA, NP) if R else (TA, NP)), (TILE * m, max(R, 1) * NP, K_LANE)
+
+
 def _amx_funcs(m: int, a: int, p: int, scope: str, zero: bool, R: int = 0):
     """desc / impl of C[16 a, 16 p] (int32, ``scope``) += A[16 a, 64 m] (int8 filters) x
     B[16 m, 16 p, 4] (uint8 interleaved inputs), i.e. a filter tiles x p pixel tiles.  ``zero``:
@@ -82,7 +89,7 @@ def _amx_funcs(m: int, a: int, p: int, scope: str, zero: bool, R: int = 0):
     assumes a no-op.  ``R`` > 0: R output rows per call, C[R, 16 a, 16 p] and B[16 m, R 16 p, 4]
     (the rows' pixels side by side), so one tile configuration load serves R rows."""
     TA, NP = TILE * a, TILE * p
-    cshape, bshape = ((R, TA, NP) if R else (TA, NP)), (TILE * m, max(R, 1) * NP, K_LANE)
+    cshape, bshape = _call_shapes(m, a, p, R)
 
     @T.prim_func(s_tir=True)
     def desc(ha: T.handle, hb: T.handle, hc: T.handle) -> None:
@@ -131,7 +138,7 @@ def _amx_impl(m: int, a: int, p: int, scope: str, zero: bool, R: int = 0):
     call (tiles: accumulators 0 .. a pp - 1, filters a pp .., inputs a pp + a ..)."""
     TA, NP, pp = TILE * a, TILE * p, _tile_pairs(p)
     w = _tile_config_words(a * pp + a + pp)
-    cshape, bshape = ((R, TA, NP) if R else (TA, NP)), (TILE * m, max(R, 1) * NP, K_LANE)
+    cshape, bshape = _call_shapes(m, a, p, R)
 
     @T.prim_func(s_tir=True)
     def impl(ha: T.handle, hb: T.handle, hc: T.handle) -> None:
@@ -195,7 +202,7 @@ def _skip_init_funcs(a: int, p: int, scope: str, R: int = 0):
     nothing, because the ``zero`` products right after it (same tiles, one k block) start their
     accumulator tiles at zero."""
     TA = TILE * a
-    cshape = (R, TA, TILE * p) if R else (TA, TILE * p)
+    cshape = _call_shapes(1, a, p, R)[0]
 
     @T.prim_func(s_tir=True)
     def desc(hc: T.handle) -> None:
@@ -260,12 +267,8 @@ def schedule_conv_amx(func, geom: ConvGeometry, target):
     """Schedule conv_te_int8(rows_filter=True): tasks, gather, copy and epilogue as the VNNI
     kernel (cpu_int8.schedule_conv_int8); the GEMM in 16 x 16 output tiles of tdpbsud."""
     _register_intrinsics()  # the interleave of the gathered rows
-    per_image = image_tasks(geom, _num_threads(target))
-    tpo = 1 if per_image else choose_t_split(geom, _num_threads(target))
-    if geom.TO % tpo:
-        tpo = 1
+    per_image, tpo, fused_epi = task_plan(geom, target)  # as the float32 kernel's tasks
     sch = s_tir.schedule.Schedule(func)
-    fused_epi = bool(geom.NRP) and (geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1))
     blk = sch.get_sblock("C")
     if geom.NRP:  # whole output rows per task: tiles of 16 pixels of one row
         # C as [b, g, row, filter, column]: a row's tiles (16 filters x 16 pixels) are then a 2-D region

@@ -196,14 +196,15 @@ def conv2d_gather_gemm(
     return _finish(func, target), consts
 
 
-def _lower_int8(data_shape, wq, kw, lw, target):
-    """_lower_cpu for the int8 kernels.  Maps of at most 8 pixels a row (7x7), which rows of 16
-    would pad more than 2x, get rows of 8 and chunks that are not whole rows instead of the flat
-    numbering, whose table gather loads byte by byte (a quarter of a 512-map 7x7 conv)."""
-    lowered = _lower_cpu(data_shape, wq.astype(np.float32), kw, lw, target, int8=True)
+def _lower_int8(data_shape, wf, kw, lw, target):
+    """_lower_cpu for the int8 kernels (``wf``: the int8 weight as float32).  Maps of at most 8
+    pixels a row (7x7), which rows of 16 would pad more than 2x, get rows of 8 and chunks that are
+    not whole rows instead of the flat numbering, whose table gather loads byte by byte (a quarter
+    of a 512-map 7x7 conv)."""
+    lowered = _lower_cpu(data_shape, wf, kw, lw, target, int8=True)
     if lowered[0].OWP == 0 and lowered[0].OW <= 8:
         lw = {**lw, "row_align": (8,), "whole_rows": False}
-        lowered = _lower_cpu(data_shape, wq.astype(np.float32), kw, lw, target, int8=True)
+        lowered = _lower_cpu(data_shape, wf, kw, lw, target, int8=True)
     return lowered
 
 
@@ -245,11 +246,12 @@ def conv2d_gather_gemm_int8(
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
     data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
     lw = {**cpu.lowering_params(Tg), **cpu_int8.LOWERING}
-    geom, F, live, off, base = _lower_int8(data_shape, wq, kw, lw, target)
+    wf = wq.astype(np.float32)
+    geom, F, live, off, base = _lower_int8(data_shape, wf, kw, lw, target)
     amx = has_amx(target) and geom.KP >= (cpu_amx.MIN_K if amx_min_k is None else amx_min_k)
     if amx:
         lw = {**cpu.lowering_params(Tg), **cpu_amx.lowering_params(Tg)}
-        geom, F, live, off, base = _lower_int8(data_shape, wq, kw, lw, target)
+        geom, F, live, off, base = _lower_int8(data_shape, wf, kw, lw, target)
     G, TO, KP, TI = F.shape
     if amx:  # [G, TO, KP, TI] -> [G, TO * TI, KP]: one row of gather-row bytes per filter
         Fq = F.transpose(0, 1, 3, 2).reshape(G, TO * TI, KP)
