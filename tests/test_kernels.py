@@ -227,13 +227,35 @@ def test_whole_image_tasks(C, T, k, HW):
     assert rel_err(run_llvm(func, [x, *consts, res], ref.shape), ref) <= TOL
 
 
+@pytest.mark.parametrize("N,T", [(1, 37), (8, 45)])
+def test_padded_8_row_filter_tiles(N, T):
+    """From cpu.MIN_PADDED_8 outputs a group takes 8-row filter tiles even where 8 does not divide
+    them (the last tile padded with zero filters); the padded filters' outputs are never stored
+    (one task per t-chunk at batch 1, whole-image tasks at batch 8)."""
+    from tvm_passes.kernels import cpu
+
+    w = gbd_weight(T, 24, 3, 3, 0.4, seed=T)
+    rng = np.random.default_rng(T)
+    x = rng.standard_normal((N, 24, 28, 28)).astype(np.float32)
+    b = rng.standard_normal(T).astype(np.float32)
+    pad = (1, 1, 1, 1)
+    func, consts = conv2d_gather_gemm(x.shape, w, b, padding=pad, relu=True, residual=True, target=LLVM)
+    assert T >= cpu.MIN_PADDED_8 and consts[0].shape[-1] == 8  # F [G, TO, KP, TI]
+    ref = ref_conv(x, w, b, 1, pad, 1, 1, False)
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    assert rel_err(run_llvm(func, [x, *consts, res], ref.shape), np.maximum(ref + res, 0)) <= TOL
+
+
 # (N, C, H, T, k, stride, density): 7x7 output maps (64 pixels for 49 in 8 x 32 tiles), dense and
-# sparse, one and several k blocks, stride 2, a batch with whole-image tasks
+# sparse, one and several k blocks, stride 2, a batch with whole-image tasks; outputs that are no
+# multiple of 32 (the last tile padded with zero filters: 154 -> 160, 60 -> 64)
 SMALL_MAPS = [
     (1, 64, 7, 64, 3, 1, 1.0),
     (1, 96, 14, 64, 3, 2, 0.3),
     (8, 40, 7, 32, 1, 1, 1.0),
     (2, 16, 7, 96, 3, 1, 0.5),
+    (2, 48, 7, 154, 3, 1, 0.3),
+    (8, 72, 7, 60, 1, 1, 0.3),
 ]
 
 
