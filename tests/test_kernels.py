@@ -206,25 +206,27 @@ def test_rows_that_are_not_whole_vectors(HW):
     assert rel_err(run_llvm(func, [x, *consts], ref.shape), ref) <= TOL
 
 
-@pytest.mark.parametrize("C,T,k,HW", [(8, 16, 3, 16), (5, 7, 1, 24)])
-def test_whole_image_tasks(C, T, k, HW):
+@pytest.mark.parametrize("C,T,k,HW,s", [(8, 16, 3, 16, 1), (5, 7, 1, 24, 1), (6, 16, 3, 32, 2)])
+def test_whole_image_tasks(C, T, k, HW, s):
     """From IMAGE_TASKS images per thread each parallel task is one image, whose padded copy is made
-    inside the task (cpu.image_tasks): 3x3 with a dead map, and 1x1 with a part-filled filter tile;
+    inside the task (cpu.image_tasks): 3x3 with a dead map, 1x1 with a part-filled filter tile, and
+    3x3 at stride 2 (whole input rows copied per k block, then shuffled: te_defs.strided_rows);
     bias, residual and ReLU in the fused epilogue."""
     from tvm_passes.kernels import cpu
+    from tvm_passes.kernels.te_defs import strided_rows
 
     nthreads = LLVM["num-cores"]
     n, pad = cpu.IMAGE_TASKS * nthreads, (k // 2,) * 4
     w = gbd_weight(T, C, k, k, 0.5, seed=7, dead_maps=(1,))
-    geom = lower_conv((n, C, HW, HW), w, padding=pad, **cpu.lowering_params(T))[0]
-    assert cpu.image_tasks(geom, nthreads)
+    geom = lower_conv((n, C, HW, HW), w, stride=(s, s), padding=pad, **cpu.lowering_params(T))[0]
+    assert cpu.image_tasks(geom, nthreads) and strided_rows(geom) == (s == 2)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((n, C, HW, HW)).astype(np.float32)
     b = rng.standard_normal(T).astype(np.float32)
-    res = rng.standard_normal((n, T, HW, HW)).astype(np.float32)
-    func, consts = conv2d_gather_gemm(x.shape, w, b, padding=pad, relu=True, residual=True, target=LLVM)
-    ref = np.maximum(ref_conv(x, w, b, 1, pad, 1, 1, False) + res, 0)
-    assert rel_err(run_llvm(func, [x, *consts, res], ref.shape), ref) <= TOL
+    ref = ref_conv(x, w, b, s, pad, 1, 1, False)
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    func, consts = conv2d_gather_gemm(x.shape, w, b, stride=(s, s), padding=pad, relu=True, residual=True, target=LLVM)
+    assert rel_err(run_llvm(func, [x, *consts, res], ref.shape), np.maximum(ref + res, 0)) <= TOL
 
 
 @pytest.mark.parametrize("N,T", [(1, 37), (8, 45)])

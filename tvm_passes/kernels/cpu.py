@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .cpu_copies import VECTOR_LANES, schedule_padded_copy, schedule_row_gather, vectorize_row
+from .cpu_copies import VECTOR_LANES, place_stride2_rows, schedule_padded_copy, schedule_row_gather, vectorize_row
 from .lowering import ConvGeometry
-from .te_defs import strided_rows, unit_conv
+from .te_defs import unit_conv
 
 CONV_TI = 6  # filter rows per register tile (8 when T/groups is a multiple of 8 or at least MIN_PADDED_8)
 CONV_NV = 32  # output pixels per register tile (2 AVX-512 vectors)
@@ -100,7 +100,7 @@ def image_tasks(geom: ConvGeometry, nthreads: int) -> bool:
     gathers read it from cache, instead of one pass over the batch whose output (28 MB for a 64-map
     56x56 conv at batch 32) goes to memory and comes back.  Row-aligned numbering only: its gather
     offsets are bounded (te_defs.gather_rows), a base-table gather's are not."""
-    if not geom.OWP or strided_rows(geom):  # the stride-2 row copies (stage P2) are placed later
+    if not geom.OWP:
         return False
     return isinstance(geom.N, int) and geom.N >= IMAGE_TASKS * nthreads
 
@@ -133,6 +133,7 @@ def schedule_conv_cpu(func, geom: ConvGeometry, target):
     # gather the patch panel once per task and k block
     pblk = sch.get_sblock("P")
     sch.compute_at(pblk, ko)
+    place_stride2_rows(sch, pblk, geom)
     # before the gather's loop partitions: compute_at finds its consumers among the original blocks
     schedule_padded_copy(sch, geom, par if per_image else None)
     schedule_row_gather(sch, pblk, geom, "float32")

@@ -62,7 +62,8 @@ def stride2_intrin(dtype: str) -> str:
 
 def schedule_row_gather(sch, pblk, geom: ConvGeometry, dtype: str):
     """The gathered rows P (compute_at a k block): row-aligned runs as vector copies of ROWV
-    elements; at stride 2 with 16-element runs, each run is two loads and a shuffle."""
+    elements; at stride 2 with 16-element runs, each run is two loads and a shuffle (its rows
+    placed by place_stride2_rows first)."""
     if not geom.OWP:
         return
     _, pn = sch.get_loops(pblk)[-2:]
@@ -76,10 +77,17 @@ def schedule_row_gather(sch, pblk, geom: ConvGeometry, dtype: str):
     if not strided_rows(geom):
         sch.vectorize(pv)
         return
-    p2 = sch.get_sblock("P2")
-    sch.compute_at(p2, sch.get_loops(pblk)[-4])  # the k block's loop: whole rows of this chunk
-    sch.vectorize(sch.get_loops(p2)[-1])
+    sch.vectorize(sch.get_loops(sch.get_sblock("P2"))[-1])
     sch.tensorize(pv, stride2_intrin(dtype))
+
+
+def place_stride2_rows(sch, pblk, geom: ConvGeometry):
+    """The whole input rows of a stride-2 gather (stage "P2", te_defs.strided_rows) at the k block's
+    loop of the gathered rows ``pblk``, so that this chunk's rows are copied right before their
+    shuffles; before the padded copy is placed: compute_at of an image's copy into its task needs
+    all its readers inside that task."""
+    if strided_rows(geom):
+        sch.compute_at(sch.get_sblock("P2"), sch.get_loops(pblk)[-3])  # the loop above P's (k, n)
 
 
 def schedule_padded_copy(sch, geom: ConvGeometry, at=None):

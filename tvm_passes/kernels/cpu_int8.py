@@ -31,7 +31,7 @@ from tvm.script import tirx as T
 from tvm.target import codegen
 
 from .cpu import _num_threads, _schedule_epilogue, choose_t_split
-from .cpu_copies import VECTOR_LANES, schedule_padded_copy, schedule_row_gather
+from .cpu_copies import VECTOR_LANES, place_stride2_rows, schedule_padded_copy, schedule_row_gather
 from .lowering import ConvGeometry
 from .te_defs import _epilogue, gather_rows, padded_value, strided_rows
 
@@ -335,6 +335,7 @@ def _schedule_gather(sch, geom: ConvGeometry, ko, target):
         sch.vectorize(pn)
     else:
         sch.compute_at(pblk, ko)
+        place_stride2_rows(sch, pblk, geom)
         schedule_row_gather(sch, pblk, geom, "uint8")
     vbmi = bool(codegen.target_has_features("avx512vbmi", target))
     sch.tensorize(nli, _interleave_name("local" if in_regs else "global", vbmi))
