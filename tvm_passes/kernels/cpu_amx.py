@@ -24,7 +24,8 @@ only when it is granted; the loader asks before it loads an artifact built with 
 
 from __future__ import annotations
 
-from tvm import s_tir
+from tvm import s_tir, tirx
+from tvm.ir import Range
 from tvm.script import tirx as T
 
 from .cpu import _schedule_epilogue, task_plan
@@ -81,6 +82,16 @@ def _call_shapes(m: int, a: int, p: int, R: int):
     return ((R, TA, NP) if R else (TA, NP)), (TILE * m, max(R, 1) * NP, K_LANE)
 
 
+def _whole(buf):
+    """The region of all of ``buf`` (a desc / impl's reads and writes: C, B and A are whole)."""
+    return tirx.BufferRegion(buf, [Range.from_min_extent(0, e) for e in buf.shape])
+
+
+def _tile_at(C, R: int, r, row, col):
+    """Address of C's accumulator tile at (row, col), in output row ``r`` when ``R`` > 0."""
+    return T.address_of(C[r, row, col] if R else C[row, col])
+
+
 def _amx_funcs(m: int, a: int, p: int, scope: str, zero: bool, R: int = 0):
     """desc / impl of C[16 a, 16 p] (int32, ``scope``) += A[16 a, 64 m] (int8 filters) x
     B[16 m, 16 p, 4] (uint8 interleaved inputs), i.e. a filter tiles x p pixel tiles.  ``zero``:
@@ -98,12 +109,8 @@ def _amx_funcs(m: int, a: int, p: int, scope: str, zero: bool, R: int = 0):
         B = T.match_buffer(hb, bshape, "uint8", strides=[sb, K_LANE, 1], offset_factor=1)
         C = T.match_buffer(hc, cshape, "int32", strides=[sr, sc, 1] if R > 0 else [sc, 1], offset_factor=1, scope=scope)
         with T.sblock("root"):
-            if R > 0:
-                T.reads(C[0:R, 0:TA, 0:NP], B[0 : TILE * m, 0 : R * NP, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
-                T.writes(C[0:R, 0:TA, 0:NP])
-            else:
-                T.reads(C[0:TA, 0:NP], B[0 : TILE * m, 0:NP, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
-                T.writes(C[0:TA, 0:NP])
+            T.reads(_whole(C), _whole(B), _whole(A))
+            T.writes(_whole(C))
             # operands in the order the conv's block reads them (inputs, then filters)
             if R > 0:
                 for r, j, t, n, k4, kj in T.grid(R, p, TA, TILE, TILE * m, K_LANE):
@@ -147,12 +154,8 @@ def _amx_impl(m: int, a: int, p: int, scope: str, zero: bool, R: int = 0):
         B = T.match_buffer(hb, bshape, "uint8", strides=[sb, K_LANE, 1], offset_factor=1)
         C = T.match_buffer(hc, cshape, "int32", strides=[sr, sc, 1] if R > 0 else [sc, 1], offset_factor=1, scope=scope)
         with T.sblock("root"):
-            if R > 0:
-                T.reads(C[0:R, 0:TA, 0:NP], B[0 : TILE * m, 0 : R * NP, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
-                T.writes(C[0:R, 0:TA, 0:NP])
-            else:
-                T.reads(C[0:TA, 0:NP], B[0 : TILE * m, 0:NP, 0:K_LANE], A[0:TA, 0 : TILE_K * m])
-                T.writes(C[0:TA, 0:NP])
+            T.reads(_whole(C), _whole(B), _whole(A))
+            T.writes(_whole(C))
             cfg = T.alloc_buffer((8,), "uint64", scope="local")
             for i in range(8):
                 cfg[i] = T.uint64(0)
@@ -166,11 +169,8 @@ def _amx_impl(m: int, a: int, p: int, scope: str, zero: bool, R: int = 0):
                     for j in T.unroll(pp):
                         if zero:
                             T.evaluate(_tile_op("tilezero", q * pp + j))
-                        elif R > 0:
-                            c = T.address_of(C[r, TILE * q, TILE * (jo * pp + j)])
-                            T.evaluate(_tile_op("tileloadd64", q * pp + j, c, T.int64(sc) * 4))
                         else:
-                            c = T.address_of(C[TILE * q, TILE * (jo * pp + j)])
+                            c = _tile_at(C, R, r, TILE * q, TILE * (jo * pp + j))
                             T.evaluate(_tile_op("tileloadd64", q * pp + j, c, T.int64(sc) * 4))
                 for i in range(m):
                     for j in T.unroll(pp):
@@ -187,12 +187,8 @@ def _amx_impl(m: int, a: int, p: int, scope: str, zero: bool, R: int = 0):
                             )
                 for q in T.unroll(a):
                     for j in T.unroll(pp):
-                        if R > 0:
-                            c = T.address_of(C[r, TILE * q, TILE * (jo * pp + j)])
-                            T.evaluate(_tile_op("tilestored64", q * pp + j, c, T.int64(sc) * 4))
-                        else:
-                            c = T.address_of(C[TILE * q, TILE * (jo * pp + j)])
-                            T.evaluate(_tile_op("tilestored64", q * pp + j, c, T.int64(sc) * 4))
+                        c = _tile_at(C, R, r, TILE * q, TILE * (jo * pp + j))
+                        T.evaluate(_tile_op("tilestored64", q * pp + j, c, T.int64(sc) * 4))
 
     return impl
 
@@ -210,10 +206,7 @@ def _skip_init_funcs(a: int, p: int, scope: str, R: int = 0):
         C = T.match_buffer(hc, cshape, "int32", strides=[sr, sc, 1] if R > 0 else [sc, 1], offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads()
-            if R > 0:
-                T.writes(C[0:R, 0:TA, 0 : TILE * p])
-            else:
-                T.writes(C[0:TA, 0 : TILE * p])
+            T.writes(_whole(C))
             if R > 0:
                 for r, j, t, n in T.grid(R, p, TA, TILE):
                     with T.sblock("init"):
@@ -233,10 +226,7 @@ def _skip_init_funcs(a: int, p: int, scope: str, R: int = 0):
         C = T.match_buffer(hc, cshape, "int32", strides=[sr, sc, 1] if R > 0 else [sc, 1], offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads()
-            if R > 0:
-                T.writes(C[0:R, 0:TA, 0 : TILE * p])
-            else:
-                T.writes(C[0:TA, 0 : TILE * p])
+            T.writes(_whole(C))
             T.evaluate(0)
 
     return desc, impl
