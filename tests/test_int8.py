@@ -56,7 +56,10 @@ CASES = [
     (1, 8, 30, 29, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, 0.5, True, False),
     (2, 8, 32, 32, 16, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, 1.0, False, True),
     # a 7x7 stride-2 stem: gathered from 2 x 2 phase planes of the padded input (formula 1.24)
+    # with AMX, from whole input rows (stage P2) with VNNI
     (1, 3, 23, 21, 16, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, 0.5, False, False),
+    # ... 32 x 32 outputs, one k block: the VNNI epilogue on each register tile, C never stored
+    (2, 3, 64, 64, 32, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, 0.5, True, True),
     # rows of 32 pixels, 32 filters: AMX calls of 2 filter x 2 pixel tiles from a tilezero start
     (2, 16, 32, 32, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.6, False, True),
     # 1440 gather rows: two k blocks of the AMX kernel (up to 1024 each), six of the VNNI one
@@ -107,7 +110,7 @@ def test_int8_kernel_matches_fake_quant_conv(case, target):
 @pytest.mark.parametrize("relu", [True, 0.5], ids=["relu", "relu-clip"])
 @pytest.mark.parametrize("target", TARGETS, ids=["vnni", "vnni-no-vbmi", "amx"])
 @pytest.mark.parametrize(
-    "case", [CASES[0], CASES[2], CASES[3], CASES[6], CASES[-1]], ids=lambda c: f"C{c[1]}k{c[5][0]}s{c[6][0]}"
+    "case", [CASES[0], CASES[2], CASES[3], CASES[6], CASES[9], CASES[-1]], ids=lambda c: f"C{c[1]}k{c[5][0]}s{c[6][0]}"
 )
 def test_int8_kernel_carries_uint8(case, target, relu):
     """uint8 in (padded with z), uint8 residual dequantized, uint8 out quantized for the next conv:
