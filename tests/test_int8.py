@@ -70,7 +70,7 @@ CASES = [
     (1, 160, 16, 16, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 1.0, False, True),
     # rows of 256 pixels: one row per AMX call
     (1, 4, 5, 250, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.5, False, True),
-    # 8 images: whole-image tasks of the AMX kernel, each making its image's padded copy
+    # 8 images: whole-image tasks of the VNNI and AMX kernels, each making its image's padded copy
     (8, 16, 16, 16, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.5, False, True),
     # ... and at stride 2 (whole input rows of the image's copy per k block, stage P2)
     (8, 8, 32, 32, 32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, 0.5, False, False),

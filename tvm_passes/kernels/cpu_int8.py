@@ -30,7 +30,7 @@ from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 from tvm.target import codegen
 
-from .cpu import _num_threads, _schedule_epilogue, _schedule_tile_epilogue, choose_t_split, tile_epilogue
+from .cpu import _schedule_epilogue, _schedule_tile_epilogue, task_plan, tile_epilogue
 from .cpu_copies import VECTOR_LANES, place_stride2_rows, schedule_padded_copy, schedule_row_gather
 from .lowering import ConvGeometry
 from .te_defs import _epilogue, gather_rows, padded_value, strided_rows
@@ -273,11 +273,8 @@ def schedule_conv_int8(func, geom: ConvGeometry, target):
     per (image, group, n-chunk, t-chunk); per k block the rows are gathered, interleaved, and a
     TI x 32 int32 register tile accumulates with ``vpdpbusd``."""
     _register_intrinsics()
-    tpo = choose_t_split(geom, _num_threads(target))
-    if geom.TO % tpo:
-        tpo = 1
+    per_image, tpo, fused_epi = task_plan(geom, target)  # as the float32 kernel's tasks
     sch = s_tir.schedule.Schedule(func)
-    fused_epi = bool(geom.NRP) and (geom.TO * geom.TI == geom.Tg or (tpo == 1 and geom.G == 1))
     blk = sch.get_sblock("C")
     nv2 = geom.NV // VECTOR_LANES  # vectors per register tile row
     tile_epi = fused_epi and tile_epilogue(geom)
@@ -312,11 +309,13 @@ def schedule_conv_int8(func, geom: ConvGeometry, target):
         sch.reorder(b, g, no, tp, *nts, to, ko, ki, ti, nvo, nvi, kj)
     else:
         sch.reorder(b, g, no, tp, ko, *nts, to, ki, ti, nvo, nvi, kj)
-    par = sch.fuse(b, g, no, tp)
+    # whole-image tasks (cpu.image_tasks): the image's padded copy is made in its task, right
+    # before its gathers read it from cache, instead of one pass over the batch through memory
+    par, task = (b, sch.fuse(g, no, tp)) if per_image else (sch.fuse(b, g, no, tp),) * 2
     sch.parallel(par)
     if not fused_epi:
         acc = sch.cache_write(blk, 0, "local")
-        sch.reverse_compute_at(acc, par)
+        sch.reverse_compute_at(acc, task)
     sch.unroll(ti)
     sch.unroll(nvo)
     if tile_epi:  # requantized from the accumulators in registers: C is never stored
@@ -325,10 +324,10 @@ def schedule_conv_int8(func, geom: ConvGeometry, target):
     sch.vectorize(sch.get_loops(init)[-1])
     if not fused_epi:
         sch.vectorize(sch.get_loops(acc)[-1])
-    _schedule_gather(sch, geom, par if one_k else ko, target)
-    schedule_padded_copy(sch, geom)  # the float32 copy's schedule: the same rows, quantized
+    _schedule_gather(sch, geom, task if one_k else ko, target)
+    schedule_padded_copy(sch, geom, par if per_image else None)  # the float32 copy's schedule, quantized
     if not tile_epi:
-        _schedule_epilogue(sch, geom, par if fused_epi else None)
+        _schedule_epilogue(sch, geom, task if fused_epi else None)
     scope = "global" if fused_epi and not tile_epi else "local"
     sch.tensorize(nvi, f"{VNNI_INTRIN}_{scope}")  # last: it replaces the block
     return sch.mod["main"]
