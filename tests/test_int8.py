@@ -55,8 +55,8 @@ CASES = [
     # rows of 16 pixels at stride 2: whole input rows, then every other element (stage P2)
     (1, 8, 30, 29, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, 0.5, True, False),
     (2, 8, 32, 32, 16, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, 1.0, False, True),
-    # a 7x7 stride-2 stem: gathered from 2 x 2 phase planes of the padded input (formula 1.24)
-    # with AMX, from whole input rows (stage P2) with VNNI
+    # a 7x7 stride-2 stem: with AMX gathered from 2 x 2 phase planes of the padded input (formula
+    # 1.24), with VNNI from whole input rows (stage P2)
     (1, 3, 23, 21, 16, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, 0.5, False, False),
     # ... 32 x 32 outputs, one k block: the VNNI epilogue on each register tile, C never stored
     (2, 3, 64, 64, 32, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, 0.5, True, True),

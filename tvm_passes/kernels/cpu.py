@@ -15,6 +15,7 @@ the copies (padded input, gathered rows) are in cpu_copies.py; small maps take c
 from __future__ import annotations
 
 from tvm import s_tir
+from tvm.tirx import IndexMap
 
 from .cpu_copies import VECTOR_LANES, place_stride2_rows, schedule_padded_copy, schedule_row_gather, vectorize_row
 from .lowering import ConvGeometry
@@ -178,6 +179,18 @@ def _schedule_tile_epilogue(sch, geom: ConvGeometry, ki):
     sch.vectorize(eni)
 
 
+def flatten_output_pixels(sch, blk, geom: ConvGeometry):
+    """The GEMM block ``blk`` (axes b, g, t, row, column, then its reduction axes) and its output C
+    over flat output pixels n = oh OW + ow: a register tile's region is then exactly its pixels,
+    as the tile epilogue needs (rows numbered unpadded, tile_epilogue)."""
+    OW, axes = geom.OW, sch.get(blk).iter_vars
+    pixels = IndexMap.from_func(
+        lambda b, g, t, r, w, *k: (b, g, t, r * OW + w, *k), ndim=len(axes), index_dtype=str(axes[0].var.ty)
+    )
+    sch.transform_block_layout(blk, pixels)
+    sch.transform_layout(blk, ("write", 0), lambda b, g, t, r, w: (b, g, t, r * OW + w))
+
+
 def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool, per_image: bool = False, tile_epi=False):
     """k-blocked GEMM: the P stripe [KC, NV] stays in L1 across all t tiles (with ``tile_epi`` the
     filter tile [KC, TI] across the chunk's pixel tiles); (t, n) register tile TI x NV with the n
@@ -185,10 +198,8 @@ def _schedule_gemm(sch, geom: ConvGeometry, tpo: int, fused_epi: bool, per_image
     one (image, group, n-chunk, t-chunk), run in parallel, or with ``per_image`` run in turn inside
     its image's parallel iteration."""
     blk = sch.get_sblock("C")
-    if tile_epi:  # flat output pixels n = oh OW + ow: a tile's region is then exactly its NV pixels
-        OW = geom.OW
-        sch.transform_block_layout(blk, lambda b, g, t, r, w, k: (b, g, t, r * OW + w, k))
-        sch.transform_layout(blk, ("write", 0), lambda b, g, t, r, w: (b, g, t, r * OW + w))
+    if tile_epi:
+        flatten_output_pixels(sch, blk, geom)
     # with the epilogue per tile, a filter tile's pixel tiles in turn: its output and residual rows
     # are then 8 sequential streams (the other order jumped across all filters' rows per tile)
     order = "filter_rows" if tile_epi else "pixels"

@@ -30,7 +30,7 @@ from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 from tvm.target import codegen
 
-from .cpu import _schedule_epilogue, _schedule_tile_epilogue, task_plan, tile_epilogue
+from .cpu import _schedule_epilogue, _schedule_tile_epilogue, flatten_output_pixels, task_plan, tile_epilogue
 from .cpu_copies import VECTOR_LANES, place_stride2_rows, schedule_padded_copy, schedule_row_gather
 from .lowering import ConvGeometry
 from .te_defs import _epilogue, gather_rows, padded_value, strided_rows
@@ -269,19 +269,18 @@ def _int8_gemm(g_: ConvGeometry, P, F, rows_filter: bool):
 
 
 def schedule_conv_int8(func, geom: ConvGeometry, target):
-    """Schedule conv_te_int8 like the float32 kernel (cpu.schedule_conv_cpu): one parallel task
-    per (image, group, n-chunk, t-chunk); per k block the rows are gathered, interleaved, and a
-    TI x 32 int32 register tile accumulates with ``vpdpbusd``."""
+    """Schedule conv_te_int8 like the float32 kernel (cpu.schedule_conv_cpu): the tasks of
+    cpu.task_plan (one per (image, group, n-chunk, t-chunk), or whole images at large batch); per k
+    block the rows are gathered, interleaved, and a TI x 32 int32 register tile accumulates with
+    ``vpdpbusd``; the epilogue per task, or per register tile where cpu.tile_epilogue allows."""
     _register_intrinsics()
     per_image, tpo, fused_epi = task_plan(geom, target)  # as the float32 kernel's tasks
     sch = s_tir.schedule.Schedule(func)
     blk = sch.get_sblock("C")
     nv2 = geom.NV // VECTOR_LANES  # vectors per register tile row
     tile_epi = fused_epi and tile_epilogue(geom)
-    if tile_epi:  # flat output pixels n = oh OW + ow, as in the float32 kernel's tile epilogue
-        OW = geom.OW
-        sch.transform_block_layout(blk, lambda b, g, t, r, w, k4, kj: (b, g, t, r * OW + w, k4, kj))
-        sch.transform_layout(blk, ("write", 0), lambda b, g, t, r, w: (b, g, t, r * OW + w))
+    if tile_epi:
+        flatten_output_pixels(sch, blk, geom)
     if geom.NRP and not tile_epi:
         # whole output rows per task, tiled as (row, 16-pixel column block) loops: a fused
         # (row, column) index cannot be blockized for tensorize
