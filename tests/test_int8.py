@@ -74,6 +74,10 @@ CASES = [
     (8, 16, 16, 16, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.5, False, True),
     # ... and at stride 2 (whole input rows of the image's copy per k block, stage P2)
     (8, 8, 32, 32, 32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, 0.5, False, False),
+    # rows of 28 pixels kept unpadded (VNNI, cpu_int8.takes_exact_rows): 16-pixel vectors across
+    # rows, interleaved from a panel of the gathered rows; one image, then whole-image tasks
+    (1, 8, 28, 28, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.5, False, True),
+    (8, 8, 28, 28, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 0.5, False, True),
 ]
 
 
@@ -110,7 +114,9 @@ def test_int8_kernel_matches_fake_quant_conv(case, target):
 @pytest.mark.parametrize("relu", [True, 0.5], ids=["relu", "relu-clip"])
 @pytest.mark.parametrize("target", TARGETS, ids=["vnni", "vnni-no-vbmi", "amx"])
 @pytest.mark.parametrize(
-    "case", [CASES[0], CASES[2], CASES[3], CASES[6], CASES[9], CASES[-1]], ids=lambda c: f"C{c[1]}k{c[5][0]}s{c[6][0]}"
+    "case",
+    [CASES[0], CASES[2], CASES[3], CASES[6], CASES[9], CASES[-3], CASES[-1]],
+    ids=lambda c: f"N{c[0]}C{c[1]}H{c[2]}k{c[5][0]}s{c[6][0]}",
 )
 def test_int8_kernel_carries_uint8(case, target, relu):
     """uint8 in (padded with z), uint8 residual dequantized, uint8 out quantized for the next conv:

@@ -39,12 +39,26 @@ VNNI_INTRIN = "gbd_vnni_16x4_bcast_filter"
 INTERLEAVE_INTRIN = "gbd_interleave_4x16_u8"
 #: k rows per vpdpbusd lane
 K_LANE = 4
-#: lowering_params overrides: k blocks of whole lanes; output rows padded to 16 pixels (one interleave /
-#: vpdpbusd per 16 pixels of a row); no phase planes (formula 1.24) for a stride-2 stem: their copy
-#: reads every other input column with a gather per 16 elements, which here also quantizes (float
-#: input), while the stride-2 row gather (te_defs.strided_rows) reads whole rows with two loads and a
-#: shuffle per 16: ResNet's 7x7 stem at density 0.3 1.34x faster at batch 1 and 32 (AMD EPYC, ad-hoc)
-LOWERING = dict(k_align=K_LANE, row_align=(16,), phases=False)
+#: lowering_params overrides: k blocks of whole lanes, up to 1024 gather rows (a register tile's
+#: stripes of P4 and the filter are KC x 32 and KC x 8 bytes, a quarter of float32's at the same KC:
+#: one k block for ResNet-18's 3x3 convs up to 256 maps at density 0.3, 1.01-1.04x at batch 1 and
+#: 32, AMD EPYC, ad-hoc); output rows padded to 16 pixels (one interleave / vpdpbusd per 16 pixels
+#: of a row; takes_exact_rows says where they are not); no phase planes (formula 1.24) for a
+#: stride-2 stem: their copy reads every other input column with a gather per 16 elements, which
+#: here also quantizes (float input), while the stride-2 row gather (te_defs.strided_rows) reads
+#: whole rows with two loads and a shuffle per 16: ResNet's 7x7 stem at density 0.3 1.34x faster
+#: at batch 1 and 32 (AMD EPYC, ad-hoc)
+LOWERING = dict(k_align=K_LANE, kc_max=1024, row_align=(16,), phases=False)
+
+
+def takes_exact_rows(geom: ConvGeometry, target) -> bool:
+    """Whether a conv lowered with output rows of exactly OW pixels (``geom``; stride 1) runs it
+    that way rather than with rows padded to 16: where its epilogue runs per register tile
+    (cpu.tile_epilogue, flat pixels), so the 16-pixel vectors may cross rows.  The rows are then
+    gathered into a panel (vector copies per row) and interleaved from it: a 56-pixel row computes
+    56 pixels, not 64 (3x3 64 -> 64 convs at 56x56, density 0.3: 1.14x at batch 1 and 32, AMD EPYC,
+    ad-hoc)."""
+    return geom.gsw == 1 and task_plan(geom, target)[2] and tile_epilogue(geom)
 
 
 def _vnni_funcs(scope):
@@ -323,8 +337,7 @@ def schedule_conv_int8(func, geom: ConvGeometry, target):
     sch.vectorize(sch.get_loops(init)[-1])
     if not fused_epi:
         sch.vectorize(sch.get_loops(acc)[-1])
-    _schedule_gather(sch, geom, task if one_k else ko, target)
-    schedule_padded_copy(sch, geom, par if per_image else None)  # the float32 copy's schedule, quantized
+    _schedule_gather(sch, geom, task if one_k else ko, par if per_image else None, target)
     if not tile_epi:
         _schedule_epilogue(sch, geom, task if fused_epi else None)
     scope = "global" if fused_epi and not tile_epi else "local"
@@ -332,11 +345,14 @@ def schedule_conv_int8(func, geom: ConvGeometry, target):
     return sch.mod["main"]
 
 
-def _schedule_gather(sch, geom: ConvGeometry, ko, target):
+def _schedule_gather(sch, geom: ConvGeometry, ko, image_at, target):
     """Per k block the gathered rows interleaved by four (one shuffle per 16 pixels x 4 rows).
     Rows of whole 16-pixel vectors: per 16 pixels, the 4 rows' vectors are loaded from the padded
     copy and shuffled in registers, so the un-interleaved panel P is never stored; else the rows
-    are copied into P first (as float32), then interleaved."""
+    are copied into P first (as float32), then interleaved.  The padded copy is placed here (at
+    ``image_at``: an image's parallel loop, or its own pass): after the gather is, before the
+    row copies are split into parts, where compute_at would no longer find its readers and put
+    the copy after them."""
     p4 = sch.get_sblock("P4")
     sch.compute_at(p4, ko)
     pblk = sch.get_sblock("P")
@@ -350,9 +366,11 @@ def _schedule_gather(sch, geom: ConvGeometry, ko, target):
         pk, pn = sch.get_loops(pblk)[-2:]
         sch.unroll(pk)
         sch.vectorize(pn)
+        schedule_padded_copy(sch, geom, image_at)  # the float32 copy's schedule, quantized
     else:
         sch.compute_at(pblk, ko)
         place_stride2_rows(sch, pblk, geom)
+        schedule_padded_copy(sch, geom, image_at)
         schedule_row_gather(sch, pblk, geom, "uint8")
     vbmi = bool(codegen.target_has_features("avx512vbmi", target))
     sch.tensorize(nli, _interleave_name("local" if in_regs else "global", vbmi))

@@ -196,15 +196,21 @@ def conv2d_gather_gemm(
     return _finish(func, target), consts
 
 
-def _lower_int8(data_shape, wf, kw, lw, target):
+def _lower_int8(data_shape, wf, kw, lw, target, exact_rows=False):
     """_lower_cpu for the int8 kernels (``wf``: the int8 weight as float32).  Maps of at most 8
     pixels a row (7x7), which rows of 16 would pad more than 2x, get rows of 8 and chunks that are
     not whole rows instead of the flat numbering, whose table gather loads byte by byte (a quarter
-    of a 512-map 7x7 conv)."""
+    of a 512-map 7x7 conv).  ``exact_rows`` (VNNI): rows that 16 would pad (56 -> 64) are kept
+    unpadded where cpu_int8.takes_exact_rows says the kernel gains from it."""
     lowered = _lower_cpu(data_shape, wf, kw, lw, target, int8=True)
-    if lowered[0].OWP == 0 and lowered[0].OW <= 8:
+    geom = lowered[0]
+    if geom.OWP == 0 and geom.OW <= 8:
         lw = {**lw, "row_align": (8,), "whole_rows": False}
         lowered = _lower_cpu(data_shape, wf, kw, lw, target, int8=True)
+    elif exact_rows and geom.OWP > geom.OW:
+        exact = _lower_cpu(data_shape, wf, kw, {**lw, "row_align": (geom.OW,)}, target, int8=True)
+        if cpu_int8.takes_exact_rows(exact[0], target):
+            lowered = exact
     return lowered
 
 
@@ -247,7 +253,7 @@ def conv2d_gather_gemm_int8(
     data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
     lw = {**cpu.lowering_params(Tg), **cpu_int8.LOWERING}
     wf = wq.astype(np.float32)
-    geom, F, live, off, base = _lower_int8(data_shape, wf, kw, lw, target)
+    geom, F, live, off, base = _lower_int8(data_shape, wf, kw, lw, target, exact_rows=True)
     amx = has_amx(target) and geom.KP >= (cpu_amx.MIN_K if amx_min_k is None else amx_min_k)
     if amx:
         lw = {**cpu.lowering_params(Tg), **cpu_amx.lowering_params(Tg)}
