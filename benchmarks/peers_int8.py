@@ -631,6 +631,7 @@ def main(argv=None):
         if old:
             row["engines"] = {k: v for k, v in old.get("engines", {}).items() if k not in args.engines}
             row["exports"] = {k: v for k, v in old.get("exports", {}).items() if k not in args.engines}
+        jobs = []
         for eng in ENGINES:
             if eng not in args.engines:
                 continue
@@ -673,9 +674,8 @@ def main(argv=None):
                     continue
                 row["exports"][eng] = export_info(adir, man, cs, hit)
                 spec["artifact"] = adir
-            res = peers.measure_engine(python, spec, args)
-            res["at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            row["engines"][eng] = res
+            jobs.append((eng, python, spec))
+        row["engines"].update(peers.measure_engines(jobs, args))
         row["load_after"] = common.loadavg()
         row["wall_s"] = round(time.time() - t0, 1)
         derive(row, args.tol)
