@@ -349,10 +349,10 @@ def _schedule_gather(sch, geom: ConvGeometry, ko, image_at, target):
     """Per k block the gathered rows interleaved by four (one shuffle per 16 pixels x 4 rows).
     Rows of whole 16-pixel vectors: per 16 pixels, the 4 rows' vectors are loaded from the padded
     copy and shuffled in registers, so the un-interleaved panel P is never stored; else the rows
-    are copied into P first (as float32), then interleaved.  The padded copy is placed here (at
-    ``image_at``: an image's parallel loop, or its own pass): after the gather is, before the
-    row copies are split into parts, where compute_at would no longer find its readers and put
-    the copy after them."""
+    are copied into the uint8 panel P first (as the float32 kernel copies them), then interleaved.
+    The padded copy is placed here (at ``image_at``: an image's parallel loop, or its own pass),
+    once the gather is placed and before its row copies are split into parts: after the split,
+    compute_at no longer finds the copy's readers and puts it after them."""
     p4 = sch.get_sblock("P4")
     sch.compute_at(p4, ko)
     pblk = sch.get_sblock("P")

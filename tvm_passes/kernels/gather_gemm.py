@@ -105,14 +105,11 @@ def build_context(target):
     return tvm.transform.PassContext(opt_level=cur.opt_level, config=cfg, disabled_pass=list(cur.disabled_pass))
 
 
-def _lower_cpu(data_shape, weight, kw, lw, target, int8=False):
+def _lower_cpu(data_shape, weight, kw, lw, target):
     """lower_conv for the CPU schedules: with the filter rows padded so that the t-chunks of the
-    schedule (float32: cpu.t_chunks; int8: cpu.choose_t_split) divide evenly."""
+    schedule (cpu.t_chunks, which every CPU conv schedule plans its tasks with) divide evenly."""
     lowered = lower_conv(data_shape, weight, **kw, **lw)
-    if int8:
-        tpo = cpu.choose_t_split(lowered[0], cpu._num_threads(target))
-    else:
-        tpo = cpu.t_chunks(lowered[0], target)
+    tpo = cpu.t_chunks(lowered[0], target)
     if lowered[0].TO % tpo:
         lowered = lower_conv(data_shape, weight, **kw, **lw, to_multiple=tpo)
     return lowered
@@ -202,13 +199,13 @@ def _lower_int8(data_shape, wf, kw, lw, target, exact_rows=False):
     not whole rows instead of the flat numbering, whose table gather loads byte by byte (a quarter
     of a 512-map 7x7 conv).  ``exact_rows`` (VNNI): rows that 16 would pad (56 -> 64) are kept
     unpadded where cpu_int8.takes_exact_rows says the kernel gains from it."""
-    lowered = _lower_cpu(data_shape, wf, kw, lw, target, int8=True)
+    lowered = _lower_cpu(data_shape, wf, kw, lw, target)
     geom = lowered[0]
     if geom.OWP == 0 and geom.OW <= 8:
         lw = {**lw, "row_align": (8,), "whole_rows": False}
-        lowered = _lower_cpu(data_shape, wf, kw, lw, target, int8=True)
+        lowered = _lower_cpu(data_shape, wf, kw, lw, target)
     elif exact_rows and geom.OWP > geom.OW:
-        exact = _lower_cpu(data_shape, wf, kw, {**lw, "row_align": (geom.OW,)}, target, int8=True)
+        exact = _lower_cpu(data_shape, wf, kw, {**lw, "row_align": (geom.OW,)}, target)
         if cpu_int8.takes_exact_rows(exact[0], target):
             lowered = exact
     return lowered
