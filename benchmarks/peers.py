@@ -290,9 +290,9 @@ def measure_engines(jobs, args):
     the engines in turn (each once, then each again), then more processes (up to --retries) for an
     engine whose best one ran beside other load (foreign_cpu + steal_cpu > --contended); the lowest
     median is kept and every median recorded.  In turn, because a VM of this kind has phases of
-    seconds to a minute in which every program runs slower (ResNet-18 INT8 at batch 1: 2.3 -> 3.6 ms,
-    all kernels alike, no steal time in /proc/stat): one engine's processes run back to back could
-    all fall into one, and the ratios with them."""
+    seconds to a minute in which every program runs slower (ResNet-18 INT8 at batch 1: 2.60 and
+    3.87 ms in two fresh processes, all kernels alike, no steal time in /proc/stat): one engine's
+    processes run back to back could all fall into one, and the ratios with them."""
     best, medians = {}, {eng: [] for eng, _, _ in jobs}
 
     def run(eng, python, spec):
