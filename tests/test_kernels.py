@@ -206,6 +206,54 @@ def test_rows_that_are_not_whole_vectors(HW):
     assert rel_err(run_llvm(func, [x, *consts], ref.shape), ref) <= TOL
 
 
+# (N, C, T, density): 28x28 3x3 convs on 16 x 16 register tiles: one k block (epilogue per tile)
+# at batch 1 and 8, two k blocks (C = 160 dense: 1440 rows, epilogue per task), a dead map
+EXACT_28 = [(1, 24, 32, 0.5), (8, 24, 32, 0.5), (2, 160, 32, 1.0)]
+
+
+@pytest.mark.parametrize("N,C,T,density", EXACT_28)
+def test_16x16_tiles_keep_28_pixel_rows_unpadded(N, C, T, density):
+    """Where 16 divides a group's outputs the float32 kernel takes 16 x 16 register tiles
+    (cpu.lowering_params), and then a 28-pixel row stays 28 pixels (cpu.exact_row_params): 784
+    pixels computed, not 896; outputs with bias, residual and ReLU match."""
+    from tvm_passes.kernels import cpu
+
+    w = gbd_weight(T, C, 3, 3, density, seed=C, dead_maps=(1,))
+    rng = np.random.default_rng(C)
+    x = rng.standard_normal((N, C, 28, 28)).astype(np.float32)
+    b = rng.standard_normal(T).astype(np.float32)
+    pad = (1, 1, 1, 1)
+    padded = lower_conv(x.shape, w, padding=pad, **cpu.lowering_params(T))[0]
+    assert (padded.TI, padded.NV, padded.OWP) == (16, 16, 32)
+    geom = lower_conv(x.shape, w, padding=pad, **cpu.exact_row_params(padded, cpu.lowering_params(T)))[0]
+    assert geom.OWP == 28 and geom.NP == 28 * 28
+    func, consts = conv2d_gather_gemm(x.shape, w, b, padding=pad, relu=True, residual=True, target=LLVM)
+    assert consts[0].shape[-1] == 16 and len(consts) == 4  # F [G, TO, KP, 16], live, off, bias: no base table
+    ref = ref_conv(x, w, b, 1, pad, 1, 1, False)
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    assert rel_err(run_llvm(func, [x, *consts, res], ref.shape), np.maximum(ref + res, 0)) <= TOL
+
+
+@pytest.mark.parametrize("C,T,k,HW", [(6, 16, 3, 100), (8, 32, 5, 27)])
+def test_rows_in_chunks_that_cross_rows(C, T, k, HW):
+    """Row-aligned numbering whose chunks are not whole rows (100-pixel rows padded to 104: 13
+    tiles a row, more than a chunk holds) takes the batch-wide padded copy even at a whole-image
+    task batch (cpu.image_tasks; the per-image copy failed to schedule), and a 27-pixel row is not
+    kept unpadded where its chunks would not be whole rows (cpu.exact_row_params)."""
+    from tvm_passes.kernels import cpu
+
+    n, pad = cpu.IMAGE_TASKS * LLVM["num-cores"], (k // 2,) * 4
+    w = gbd_weight(T, C, k, k, 0.5, seed=HW)
+    geom = lower_conv((n, C, HW, HW), w, padding=pad, **cpu.lowering_params(T))[0]
+    assert geom.OWP > geom.OW
+    rng = np.random.default_rng(HW)
+    x = rng.standard_normal((n, C, HW, HW)).astype(np.float32)
+    b = rng.standard_normal(T).astype(np.float32)
+    func, consts = conv2d_gather_gemm(x.shape, w, b, padding=pad, relu=True, target=LLVM)
+    ref = ref_conv(x, w, b, 1, pad, 1, 1, True)
+    assert rel_err(run_llvm(func, [x, *consts], ref.shape), ref) <= TOL
+
+
 @pytest.mark.parametrize("C,T,k,HW,s", [(8, 16, 3, 16, 1), (5, 7, 1, 24, 1), (6, 16, 3, 32, 2)])
 def test_whole_image_tasks(C, T, k, HW, s):
     """From IMAGE_TASKS images per thread each parallel task is one image, whose padded copy is made

@@ -24,6 +24,9 @@ from .te_defs import unit_conv
 CONV_TI = 6  # filter rows per register tile (8 when T/groups is a multiple of 8 or at least MIN_PADDED_8)
 CONV_NV = 32  # output pixels per register tile (2 AVX-512 vectors)
 CONV_KC = 256  # reduction block
+#: the square register tile: 16 filter rows x 16 pixels (one vector) where 32 divides T/groups,
+#: reduction blocks of up to WIDE_KC gather rows
+WIDE_TI, WIDE_KC = 16, 1024
 DENSE_OI = 32  # output features per register tile (2 zmm vectors)
 CONV_ROW_ALIGN = (16, 8)  # output rows padded to 16 (else 8) pixels: one vector copy = one input run
 MIN_PADDED_8 = 32  # group outputs from which tiles of 8 filter rows are used even if 8 does not divide them
@@ -32,12 +35,12 @@ MIN_PADDED_8 = 32  # group outputs from which tiles of 8 filter rows are used ev
 IMAGE_TASKS = 4
 
 
-def lowering_params(Tg=None):
-    """Keyword arguments of lowering.lower_conv for the CPU kernels.  8 filter rows per register
-    tile (16 accumulators, cache-line aligned filter reads) when they divide the group's outputs or
-    the group has at least MIN_PADDED_8 of them (the last tile padded with zero filters: 243 -> 248
-    ran 1.0-1.09x the 6-row tiles, ad-hoc), else 6 (fewer when the group has fewer outputs, e.g.
-    depthwise)."""
+def lowering_params_8x32(Tg=None):
+    """Keyword arguments of lowering.lower_conv for the 8 x 32 register tile (the int8 kernels
+    build on them).  8 filter rows per register tile (16 accumulators, cache-line aligned filter
+    reads) when they divide the group's outputs or the group has at least MIN_PADDED_8 of them (the
+    last tile padded with zero filters: 243 -> 248 ran 1.0-1.09x the 6-row tiles, ad-hoc), else 6
+    (fewer when the group has fewer outputs, e.g. depthwise)."""
     ti = 8 if Tg and (Tg % 8 == 0 or Tg >= MIN_PADDED_8) else (Tg if Tg and Tg < CONV_TI else CONV_TI)
     return dict(
         TI=ti,
@@ -48,6 +51,35 @@ def lowering_params(Tg=None):
         whole_rows=True,
         phases=True,
     )
+
+
+def lowering_params(Tg=None):
+    """Keyword arguments of lowering.lower_conv for the float32 CPU kernel: where 32 divides the
+    group's outputs, a 16 x 16 register tile (16 filter rows broadcast against one 16-pixel vector:
+    one vector load per 16 FMAs, where 8 x 32 makes two) with reduction blocks of up to WIDE_KC
+    rows (one block, and so the epilogue per tile, for most 3x3 convs at density 0.3) and chunks
+    of the same pixel count as 8 x 32's; 16-pixel tiles also let 28-pixel rows go unpadded
+    (exact_row_params).  Against 8 x 32 (ad-hoc, 2 threads, AMD EPYC): 1.11-1.23x on 3x3 128 -> 128
+    convs at 28x28, 1.02-1.07x at 56x56 and on the 7x7 stem, 1.0-1.04x at 14x14 and 112x112.
+    Else lowering_params_8x32.  Only where 32 divides the outputs: an odd number of 16-row tiles
+    would be padded to even for the 2-way t-split of a batch-1 task, whose epilogue is then no
+    longer fused (cpu.task_plan)."""
+    params = lowering_params_8x32(Tg)
+    if Tg and Tg % (2 * WIDE_TI) == 0:
+        max_tiles = CONV_NV * max(params["chunk_tiles"]) // VECTOR_LANES  # the same pixels per chunk
+        params.update(TI=WIDE_TI, NV=VECTOR_LANES, kc_max=WIDE_KC, chunk_tiles=tuple(range(1, max_tiles + 1)))
+    return params
+
+
+def exact_row_params(geom: ConvGeometry, params: dict):
+    """``params`` with output rows of exactly OW pixels for a stride-1 conv lowered (``geom``) on
+    16-pixel tiles with padded rows, or None: a 28x28 map then computes 784 pixels, not 896 (the
+    gather copies each 28-pixel row as one run); whole-row chunks of 16-pixel tiles fit 28-pixel
+    rows exactly (4 rows = 7 tiles), not 32-pixel tiles.  The caller keeps it where it computes
+    fewer pixels (at 14x14, 16-pixel rows fill whole tiles as well and gather faster)."""
+    if geom.NV != VECTOR_LANES or geom.gsw != 1 or not geom.OWP or geom.OWP == geom.OW:
+        return None
+    return {**params, "row_align": (geom.OW,)}
 
 
 def direct_lowering_params(geom: ConvGeometry, params: dict):
@@ -100,8 +132,10 @@ def image_tasks(geom: ConvGeometry, nthreads: int) -> bool:
     per thread): the padded copy of that image is then made inside its task, right before its
     gathers read it from cache, instead of one pass over the batch whose output (28 MB for a 64-map
     56x56 conv at batch 32) goes to memory and comes back.  Row-aligned numbering only: its gather
-    offsets are bounded (te_defs.gather_rows), a base-table gather's are not."""
-    if not geom.OWP:
+    offsets are bounded (te_defs.gather_rows), a base-table gather's are not; and chunks of whole
+    rows (geom.NRP): the per-image copy's row partition failed to schedule on chunks that cross
+    rows (a 100x100 map at batch 8)."""
+    if not geom.OWP or not geom.NRP:
         return False
     return isinstance(geom.N, int) and geom.N >= IMAGE_TASKS * nthreads
 

@@ -115,6 +115,22 @@ def _lower_cpu(data_shape, weight, kw, lw, target):
     return lowered
 
 
+def _lower_cpu_f32(data_shape, weight, kw, lw, target):
+    """(lowering, cpu_small's lowering_params or None) of a float32 CPU conv: the rows of
+    ``lw`` unpadded where that computes fewer pixels in whole-row chunks (cpu.exact_row_params;
+    the epilogue stays fused), else the pixel x channel tile where ``lw``'s tiles waste pixels
+    (cpu_small.lowering_params), else unpadded rows read straight from the input (1x1 convs,
+    cpu.direct_lowering_params)."""
+    lowered = _lower_cpu(data_shape, weight, kw, lw, target)
+    if exact := cpu.exact_row_params(lowered[0], lw):
+        unpadded = _lower_cpu(data_shape, weight, kw, exact, target)
+        if unpadded[0].NP < lowered[0].NP and unpadded[0].NRP:
+            return unpadded, None
+    small = cpu_small.lowering_params(lowered[0])
+    relower = small or cpu.direct_lowering_params(lowered[0], lw)
+    return (_lower_cpu(data_shape, weight, kw, relower, target) if relower else lowered), small
+
+
 def conv2d_gather_gemm(
     data_shape,
     weight,
@@ -168,11 +184,7 @@ def conv2d_gather_gemm(
     if gpu:
         geom, F, live, off, base = lower_conv(data_shape, weight, **kw, **lw)
     else:
-        geom, F, live, off, base = _lower_cpu(data_shape, weight, kw, lw, target)
-        small = cpu_small.lowering_params(geom)
-        relower = small or cpu.direct_lowering_params(geom, lw)  # or unpadded rows for direct reads
-        if relower:
-            geom, F, live, off, base = _lower_cpu(data_shape, weight, kw, relower, target)
+        (geom, F, live, off, base), small = _lower_cpu_f32(data_shape, weight, kw, lw, target)
     if tc:  # [G, TO, KP, TI] -> [G, TP, KP], rows of the filter matrix in the operand type
         F = operand_array(F.transpose(0, 1, 3, 2).reshape(geom.G, geom.TO * geom.TI, geom.KP), dtype)
     consts = [F, live, off] + ([] if geom.OWP else [base])
@@ -248,12 +260,12 @@ def conv2d_gather_gemm_int8(
     Tg = wq.shape[0] // groups
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, dense=dense)
     data_shape = (_batch_dim(data_shape[0]), *data_shape[1:])
-    lw = {**cpu.lowering_params(Tg), **cpu_int8.LOWERING}
+    lw = {**cpu.lowering_params_8x32(Tg), **cpu_int8.LOWERING}
     wf = wq.astype(np.float32)
     geom, F, live, off, base = _lower_int8(data_shape, wf, kw, lw, target, exact_rows=True)
     amx = has_amx(target) and geom.KP >= (cpu_amx.MIN_K if amx_min_k is None else amx_min_k)
     if amx:
-        lw = {**cpu.lowering_params(Tg), **cpu_amx.lowering_params(Tg)}
+        lw = {**cpu.lowering_params_8x32(Tg), **cpu_amx.lowering_params(Tg)}
         geom, F, live, off, base = _lower_int8(data_shape, wf, kw, lw, target)
     G, TO, KP, TI = F.shape
     if amx:  # [G, TO, KP, TI] -> [G, TO * TI, KP]: one row of gather-row bytes per filter
