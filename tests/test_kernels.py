@@ -206,9 +206,25 @@ def test_rows_that_are_not_whole_vectors(HW):
     assert rel_err(run_llvm(func, [x, *consts], ref.shape), ref) <= TOL
 
 
+def test_short_reductions_keep_8x32_tiles():
+    """A conv with fewer than cpu.WIDE_MIN_K gather rows takes 8 x 32 tiles even where 32 divides its
+    outputs (cpu.short_reduction_params): a 1x1 64 -> 64 conv."""
+    from tvm_passes.kernels import cpu
+
+    w = gbd_weight(64, 64, 1, 1, 1.0, seed=2)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 64, 28, 28)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    assert cpu.lowering_params(64)["TI"] == cpu.WIDE_TI
+    func, consts = conv2d_gather_gemm(x.shape, w, b, relu=True, target=LLVM)
+    assert consts[0].shape[-1] == 8  # F [G, TO, KP, 8]
+    ref = ref_conv(x, w, b, 1, (0, 0, 0, 0), 1, 1, True)
+    assert rel_err(run_llvm(func, [x, *consts], ref.shape), ref) <= TOL
+
+
 # (N, C, T, density): 28x28 3x3 convs on 16 x 16 register tiles: one k block (epilogue per tile)
 # at batch 1 and 8, two k blocks (C = 160 dense: 1440 rows, epilogue per task), a dead map
-EXACT_28 = [(1, 24, 32, 0.5), (8, 24, 32, 0.5), (2, 160, 32, 1.0)]
+EXACT_28 = [(1, 64, 32, 0.5), (8, 64, 32, 0.5), (2, 160, 32, 1.0)]
 
 
 @pytest.mark.parametrize("N,C,T,density", EXACT_28)

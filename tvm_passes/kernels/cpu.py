@@ -1,12 +1,13 @@
 """CPU (LLVM, AVX-512) schedules of the gather-GEMM conv and the linear layer
 (paper 000 section 3; docs/formulas.md section 1 "Lowering").
 
-Conv: one parallel task per (image, conv group, n-chunk of NTC*32 pixels, t-chunk).  Per task and
+Conv: one parallel task per (image, conv group, n-chunk of NTC*NV pixels, t-chunk).  Per task and
 per reduction block of KC gather rows, the patch block P[KC, chunk] is gathered (row-aligned
-numbering: 16- or 8-lane contiguous copies; otherwise a table gather), then a 6 x 32 register
-tile (6 rows of the packed filter broadcast, 32 pixels = 2 zmm vectors) accumulates over the
-block, so a P stripe [KC, 32] stays in L1 while all filter rows stream past it.  The bias /
-residual / ReLU epilogue runs per task on its whole output rows while they are in cache.  The
+numbering: 16- or 8-lane contiguous copies; otherwise a table gather), then a register tile of
+TI filter rows broadcast x NV pixels (16 x 16, or 8 x 32 = 2 zmm vectors: lowering_params)
+accumulates over the block, so a P stripe [KC, NV] stays in cache while all filter rows stream
+past it (or, with the epilogue per tile, a filter stripe while the chunk's pixel tiles do).  The
+bias / residual / ReLU epilogue runs per task on its whole output rows while they are in cache.  The
 padded copy of the live input maps is one parallel pass over the batch, or, from IMAGE_TASKS
 images per thread, made per image inside that image's task (``image_tasks``).  The schedules of
 the copies (padded input, gathered rows) are in cpu_copies.py; small maps take cpu_small.py.
@@ -24,9 +25,9 @@ from .te_defs import unit_conv
 CONV_TI = 6  # filter rows per register tile (8 when T/groups is a multiple of 8 or at least MIN_PADDED_8)
 CONV_NV = 32  # output pixels per register tile (2 AVX-512 vectors)
 CONV_KC = 256  # reduction block
-#: the square register tile: 16 filter rows x 16 pixels (one vector) where 32 divides T/groups,
-#: reduction blocks of up to WIDE_KC gather rows
-WIDE_TI, WIDE_KC = 16, 1024
+#: the square register tile: 16 filter rows x 16 pixels (one vector) where 32 divides T/groups and
+#: the conv gathers at least WIDE_MIN_K rows, reduction blocks of up to WIDE_KC gather rows
+WIDE_TI, WIDE_KC, WIDE_MIN_K = 16, 1024, 256
 DENSE_OI = 32  # output features per register tile (2 zmm vectors)
 CONV_ROW_ALIGN = (16, 8)  # output rows padded to 16 (else 8) pixels: one vector copy = one input run
 MIN_PADDED_8 = 32  # group outputs from which tiles of 8 filter rows are used even if 8 does not divide them
@@ -69,6 +70,17 @@ def lowering_params(Tg=None):
         max_tiles = CONV_NV * max(params["chunk_tiles"]) // VECTOR_LANES  # the same pixels per chunk
         params.update(TI=WIDE_TI, NV=VECTOR_LANES, kc_max=WIDE_KC, chunk_tiles=tuple(range(1, max_tiles + 1)))
     return params
+
+
+def short_reduction_params(geom: ConvGeometry):
+    """lowering_params_8x32 for a conv that lowering_params gave 16 x 16 tiles (``geom``) but fewer
+    than WIDE_MIN_K gather rows, else None.  With a short reduction the tile's stores dominate, and
+    16 x 16 tiles write 16 output (and read 16 residual) rows in 64-byte runs against 8 in 128-byte
+    runs: ResNet-50's 1x1 convs at density 0.3 (19-154 live maps) ran 0.81-0.93x on them (in the
+    model at batch 32, ad-hoc); ResNet-18's 3x3 64 -> 64 convs (166 rows) ran the same."""
+    if geom.TI != WIDE_TI or geom.NV != VECTOR_LANES or geom.KP >= WIDE_MIN_K:
+        return None
+    return lowering_params_8x32(geom.Tg)
 
 
 def exact_row_params(geom: ConvGeometry, params: dict):

@@ -10,7 +10,7 @@ padded.  The filter stripe [KC, 32] stays in L1 across the pixel tiles of a chun
 and PrimFunc as te_defs.conv_te (padded copy, gathered rows, GEMM, fused epilogue); the
 accumulators of a task are kept pixel-major ([n, t]), so the vector accesses are contiguous.
 
-Used where the pixel tiles of ``cpu`` would pad more than MAX_PIXEL_WASTE and the group's output
+Used where the pixel tiles of ``cpu`` would pad more than MAX_PIXEL_WASTE(_WIDE) and the group's output
 channels are whole vectors pairs (lowering_params).  Measured against ``cpu`` (ad-hoc kernel
 timing, 2 threads): 1.11-1.23x on ResNet's 7x7 convs at batch 1 and 32, dense and at density 0.3.
 On 14x14 and 28x28 maps it is not faster than ``cpu``'s padded tiles (0.91-0.98x), so it is not
@@ -31,11 +31,15 @@ TILE_T = 32
 KC = 128
 #: pixels per register tile: a divisor of the output row in this range (2 x NV accumulators)
 NV_RANGE = range(6, 13)
-#: pixel share of ``cpu``'s tiles above which this schedule is used (7x7: 64 pixels for 49 = 0.23;
-#: 14x14: 224 for 196 = 0.125, where against ``cpu``'s 16 x 16 tiles this one ran 1.09-1.12x on 3x3
-#: 256 -> 256 convs at density 0.3 and 1.0, 1.4x on a 1x1 1024 -> 256, 0.93x on a 1x1 256 -> 1024;
-#: 27x27 5x5 64 -> 192: 1.11x; ad-hoc, 2 threads, AMD EPYC)
+#: pixel share of ``cpu``'s tiles above which this schedule is used: MAX_PIXEL_WASTE for a stride-1
+#: conv with rows of at most 16 pixels and at least as many gather rows as filters (14x14: 224
+#: pixels for 196 = 0.125), else MAX_PIXEL_WASTE_WIDE (7x7: 64 for 49 = 0.23).  Ad-hoc, 2 threads,
+#: AMD EPYC, against ``cpu``'s tiles: at 14x14, 1.09-1.12x on 3x3 256 -> 256 convs (density 0.3,
+#: 1.0), 1.26-1.34x on 1x1 307 / 1024 -> 256 ones at batch 32; but 0.5x on ResNet-50's 1x1
+#: 256 -> 1024 ones at density 0.3 (77 live maps: fewer gather rows than filters), and at 28x28
+#: 0.73-0.87x on 1x1 convs, 0.86x on a 3x3 (wider rows), 0.85x on a 1x1 at stride 2
 MAX_PIXEL_WASTE = 0.1
+MAX_PIXEL_WASTE_WIDE = 0.2
 #: share of zero filters the last 32-filter tile may add (a group of 154 filters computes 160)
 MAX_FILTER_WASTE = 0.125
 
@@ -47,15 +51,18 @@ def pixel_tile(OW: int) -> int:
 
 def lowering_params(geom: ConvGeometry):
     """lowering_params of this schedule for a conv that ``cpu``'s lowering gave ``geom``, or None
-    where ``cpu``'s tiles waste at most MAX_PIXEL_WASTE of their pixels, no pixel tile divides the
-    row, or zero filters would pad the group's outputs to whole tiles by more than MAX_FILTER_WASTE.
+    where ``cpu``'s tiles waste at most MAX_PIXEL_WASTE (or MAX_PIXEL_WASTE_WIDE) of their
+    pixels, no pixel tile divides the row, or zero filters would pad the group's outputs to whole
+    tiles by more than MAX_FILTER_WASTE.
     Groups whose outputs are no multiple of 32 are the rule after dead-map removal (ResNet's 7x7
     convs at density 0.3: 154, 484, 492 filters); on ``cpu``'s tiles they ran 1.3-4x slower
     (ad-hoc, 2 threads: a 2048 -> 492 1x1 conv at batch 32 10.5 -> 2.8 ms, 492 -> 154 3x3 2.7 -> 1.9 ms)."""
     waste = 1.0 - geom.OH * geom.OW / geom.NP
     nv = pixel_tile(geom.OW)
     filter_waste = 1.0 - geom.Tg / (-(-geom.Tg // TILE_T) * TILE_T)
-    if waste <= MAX_PIXEL_WASTE or not nv or filter_waste > MAX_FILTER_WASTE:
+    narrow = geom.sw == 1 and geom.OW <= cpu_copies.VECTOR_LANES and geom.KP >= geom.Tg
+    max_waste = MAX_PIXEL_WASTE if narrow else MAX_PIXEL_WASTE_WIDE
+    if waste <= max_waste or not nv or filter_waste > MAX_FILTER_WASTE:
         return None
     return dict(TI=TILE_T, NV=nv, kc_max=KC, row_align=(geom.OW,), chunk_tiles=tuple(range(1, 33)), whole_rows=True)
 

@@ -116,12 +116,15 @@ def _lower_cpu(data_shape, weight, kw, lw, target):
 
 
 def _lower_cpu_f32(data_shape, weight, kw, lw, target):
-    """(lowering, cpu_small's lowering_params or None) of a float32 CPU conv: the rows of
-    ``lw`` unpadded where that computes fewer pixels in whole-row chunks (cpu.exact_row_params;
-    the epilogue stays fused), else the pixel x channel tile where ``lw``'s tiles waste pixels
-    (cpu_small.lowering_params), else unpadded rows read straight from the input (1x1 convs,
-    cpu.direct_lowering_params)."""
+    """(lowering, cpu_small's lowering_params or None) of a float32 CPU conv: on ``lw``'s tiles,
+    or 8 x 32 ones for a short reduction (cpu.short_reduction_params); its rows unpadded where that
+    computes fewer pixels in whole-row chunks (cpu.exact_row_params; the epilogue stays fused),
+    else the pixel x channel tile where ``lw``'s tiles waste pixels (cpu_small.lowering_params),
+    else unpadded rows read straight from the input (1x1 convs, cpu.direct_lowering_params)."""
     lowered = _lower_cpu(data_shape, weight, kw, lw, target)
+    if narrow := cpu.short_reduction_params(lowered[0]):
+        lw = narrow
+        lowered = _lower_cpu(data_shape, weight, kw, lw, target)
     if exact := cpu.exact_row_params(lowered[0], lw):
         unpadded = _lower_cpu(data_shape, weight, kw, exact, target)
         if unpadded[0].NP < lowered[0].NP and unpadded[0].NRP:
