@@ -108,3 +108,15 @@ def test_peers_int8_ratios_and_targets():
     md = peers_int8.markdown(dict(rows=[row], tol=0.1, command="python -m benchmarks.peers_int8 --models resnet18"))
     assert "| resnet18 | 1 | 0.3 | 10.0 | 4.00 | 9.00 | 7.00 | 5.00 | 2.50x ✓ | 1.25x ✗ | 1.75x ✗ |" in md
     assert "`python -m benchmarks.peers_int8 --models resnet18`" in md
+
+
+def test_openvino_layers_counts_taps_inside_the_input():
+    """benchmarks.openvino_layers: a 3x3 conv with padding 1 on a 7x7 map has 19 of its 21 taps per
+    dimension inside the input (18% of all taps in the padding), a 56x56 map 166 of 168; stride 2
+    and no padding drop none."""
+    from benchmarks.openvino_layers import inside_taps
+
+    assert inside_taps(7, 3, 1, 1, 1, 7) == 19
+    assert inside_taps(56, 3, 1, 1, 1, 56) == 166
+    assert abs(1 - (19 / 21) ** 2 - 0.181) < 1e-3
+    assert inside_taps(3, 3, 2, 0, 1, 7) == 9
