@@ -1,20 +1,21 @@
 """CPU (AVX-512) schedule of the float32 gather-GEMM conv for small output maps: the register tile
 turned around (docs/formulas.md 1.22).
 
-The kernel of ``cpu`` vectorizes over output pixels: a tile is 8 filters x 32 pixels, so a 7x7 map
-(49 pixels) computes 64 and a 14x14 or 28x28 one 12.5% more than it needs.  Here a tile is
-NV pixels x 32 filters (2 zmm vectors of output channels): per gather row k, the two filter
-vectors F[k, t0 : t0 + 32] are loaded once and each of the NV gathered pixels P[k, n] is broadcast
-into two FMAs.  NV divides the output row (7 for 7, 14, 28 and 56 wide maps), so no pixel is
-padded.  The filter stripe [KC, 32] stays in L1 across the pixel tiles of a chunk.  Same stages
-and PrimFunc as te_defs.conv_te (padded copy, gathered rows, GEMM, fused epilogue); the
-accumulators of a task are kept pixel-major ([n, t]), so the vector accesses are contiguous.
+The kernel of ``cpu`` vectorizes over output pixels: a tile is 16 or 32 pixels, so a 7x7 map
+(49 pixels) computes 64 and a 14x14 one 224 for 196.  Here a tile is NV pixels x 32 filters (2 zmm
+vectors of output channels): per gather row k, the two filter vectors F[k, t0 : t0 + 32] are loaded
+once and each of the NV gathered pixels P[k, n] is broadcast into two FMAs.  NV divides the output
+row (7 for 7, 14, 28 and 56 wide maps), so no pixel is padded.  The filter stripe [KC, 32] stays in
+L1 across the pixel tiles of a chunk.  Same stages and PrimFunc as te_defs.conv_te (padded copy,
+gathered rows, GEMM, fused epilogue); the accumulators of a task are kept pixel-major ([n, t]), so
+the vector accesses are contiguous.
 
-Used where the pixel tiles of ``cpu`` would pad more than MAX_PIXEL_WASTE(_WIDE) and the group's output
-channels are whole vectors pairs (lowering_params).  Measured against ``cpu`` (ad-hoc kernel
-timing, 2 threads): 1.11-1.23x on ResNet's 7x7 convs at batch 1 and 32, dense and at density 0.3.
-On 14x14 and 28x28 maps it is not faster than ``cpu``'s padded tiles (0.91-0.98x), so it is not
-used there.
+Used where the pixel tiles of ``cpu`` would pad more than MAX_PIXEL_WASTE / MAX_PIXEL_WASTE_WIDE
+and the group's output channels are whole vectors pairs (lowering_params).  Measured against
+``cpu`` (ad-hoc kernel timing, 2 threads): 1.11-1.23x on ResNet's 7x7 convs at batch 1 and 32,
+dense and at density 0.3; on 14x14 maps, against its 16 x 16 tiles, see MAX_PIXEL_WASTE.  On 28x28
+maps it is slower than ``cpu``'s tiles, which there compute no padded pixel (16 x 16 tiles with
+unpadded rows) or 12.5% (8 x 32), so it is not used there.
 """
 
 from __future__ import annotations
