@@ -38,7 +38,7 @@ TINY_K = 16
 
 @dataclass
 class ConvDecision:
-    decision: str  # "dense" | "gather-gemm"
+    decision: str  # "dense" | "gather-gemm" | "winograd"
     density: float
     flops_dense: int
     flops_executed: int
@@ -83,4 +83,31 @@ def depthwise(dec: ConvDecision) -> ConvDecision:
     zero GBD taps included, so the dense FLOPs (a group of one filter row has no GEMM to thin)."""
     return ConvDecision(
         "dense", dec.density, dec.flops_dense, dec.flops_dense, "depthwise conv: the direct kernel, every tap"
+    )
+
+
+#: Winograd F(4x4, 3x3) replaces the dense GEMM of a 3x3 stride-1 conv with at least this many
+#: input maps (fewer make a 36-group GEMM too short to run near peak: a network's first conv)
+WINOGRAD_MIN_MAPS = 16
+#: ... and at least this many 4 x 4 output tiles per call (per image where the batch is symbolic):
+#: the transformed filters are 4x the conv's, read once per call, so a GEMM over few tiles is
+#: bound by reading them (ad-hoc, ResNet-18 at batch 1: 7x7 maps, 4 tiles, 2.2 ms per conv
+#: against 1.4 ms dense; 14x14 maps, 16 tiles, 0.65 against 1.27)
+WINOGRAD_MIN_TILES = 16
+
+
+def winograd(dec: ConvDecision, data_shape, weight_shape, tiles: int) -> ConvDecision | None:
+    """The decision of a dense conv run as Winograd F(4x4, 3x3) (kernels/winograd.py), or None where
+    that does not apply: executed FLOPs are the 36-group GEMM's, ``2 * 36 * T * C * tiles`` (formula
+    1.25), the transforms not counted (a few adds per element, like the im2col copy)."""
+    if dec.decision != "dense" or int(data_shape[1]) < WINOGRAD_MIN_MAPS or tiles < WINOGRAD_MIN_TILES:
+        return None
+    fe = 2 * 36 * int(weight_shape[0]) * int(weight_shape[1]) * tiles
+    return ConvDecision(
+        "winograd",
+        dec.density,
+        dec.flops_dense,
+        fe,
+        f"{dec.reason}; dense 3x3 stride-1 conv as Winograd F(4x4, 3x3): {fe / dec.flops_dense:.0%} of the "
+        "direct FLOPs",
     )

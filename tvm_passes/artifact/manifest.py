@@ -56,6 +56,7 @@ def totals(convs: list, records: list) -> dict:
         "convs": len(convs),
         "gather_gemm": sum(1 for r in convs if r["decision"] == "gather-gemm"),
         "dense": sum(1 for r in convs if r["decision"] == "dense"),
+        "winograd": sum(1 for r in convs if r["decision"] == "winograd"),
         "input_maps_removed": sum(r["dead_channels"]["input_maps_removed"] for r in convs),
         "output_maps_removed": sum(r["dead_channels"]["output_maps_removed"] for r in convs),
         "flops_dense": fd,

@@ -2,7 +2,8 @@
 and the one analysis that reads the per-layer records off the lowered module."""
 
 from .dead_channels import DeadChannels
-from .group_sparse_conv import RECORD_ATTR, GroupSparseConv
+from .group_sparse_conv import GroupSparseConv
+from .kernel_marks import RECORD_ATTR
 from .lowrank_conv import LowRankConv
 from .pool_kernel import MaxPoolKernel
 from .records import collect_records, kernel_records

@@ -4,10 +4,10 @@
 the output's shape, + ReLU, when they follow and nothing else reads the intermediates) becomes
 ``R.call_tir`` of ``conv2d_gather_gemm``: the GBD lowering of paper 000 section 3 / docs/formulas.md
 section 1 (gather the rows (s, i, j), (i, j) in Omega_s, then one GEMM with the compact filter matrix).
-The cost model picks the sparse gather-GEMM or the dense im2col GEMM of the same kernel library per conv.
-``relax.matmul(x, const W)`` (+ bias, + ReLU) becomes ``dense_gemm``.  Written in the style of
-TVM's ``FoldBatchnormToConv2D`` (DPL patterns built in ``__init__``, a rewriter, ``rewrite_call``).
-"""
+The cost model picks the sparse gather-GEMM or the dense im2col GEMM of the same kernel library per conv
+(a dense 3x3 stride-1 CPU conv: Winograd, winograd_conv.py).  ``relax.matmul(x, const W)`` (+ bias,
++ ReLU) becomes ``dense_gemm``.  In the style of TVM's ``FoldBatchnormToConv2D`` (DPL patterns in
+``__init__``, a rewriter, ``rewrite_call``)."""
 
 from __future__ import annotations
 
@@ -33,14 +33,11 @@ from ..ir import (
 )
 from ..ir import dtype_of as _dtype
 from ..kernels.depthwise import is_depthwise
+from .kernel_marks import RECORD_ATTR, mark_kernel
 from .leftovers import warn_leftovers
 from .uint8_carry import Int8Conv, carry_uint8
+from .winograd_conv import WinogradConv, emit_winograd, winograd_kernels
 
-#: the PrimFunc attribute holding a kernel's per-layer record (read by ``passes.records``)
-RECORD_ATTR = "gbd.layer"
-
-#: TIR op_pattern kOpaque: keeps FuseOps / FuseTIR away from the pre-scheduled kernels
-_OPAQUE = 8
 #: the conv attributes the depthwise kernel takes
 DEPTHWISE_ATTRS = ("stride", "padding", "dilation", "relu")
 #: the ``has_relu`` of the stages that end in clip(x, lo, hi): read off the call (clip_max)
@@ -51,17 +48,6 @@ def _kernels():
     from .. import kernels
 
     return kernels
-
-
-def mark_kernel(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    """Mark a kernel PrimFunc as scheduled (for dlight and meta_schedule) and opaque to fusion."""
-    if func.attrs is not None and "global_symbol" in func.attrs:
-        func = func.without_attr("global_symbol")  # AttachGlobalSymbol names it after its GlobalVar
-    func = func.with_attr("tirx.is_scheduled", True)
-    func = func.with_attr("tir.is_scheduled", True)
-    func = func.with_attr("op_pattern", _OPAQUE)
-    func = func.with_attr("gbd.kernel", True)
-    return func
 
 
 def use_counts(func: relax.Function) -> dict:
@@ -215,7 +201,10 @@ class GroupSparseConv:
             **dec.as_dict(),
             **self._quant_record(name, weight, built),
         }
-        gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), "gbd_conv_" + name.replace(".", "_"))
+        base = "gbd_conv_" + name.replace(".", "_")
+        if isinstance(func, WinogradConv):
+            return with_span(emit_winograd(bb, func, record, base, (data, res), oshape), call.span)
+        gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), base)
         if built is not None and int8 is not None:
             q = self.quant[name]
             kernel = functools.partial(self._int8_conv_kernel, dshape, weight, bias, q, kw)
@@ -237,6 +226,8 @@ class GroupSparseConv:
                 # one filter row per group: the direct kernel, 1.6-3.8x the gather-GEMM (MobileNetV2)
                 func, consts = kernels.depthwise_conv2d(dshape, weight, bias, **{k: kw[k] for k in DEPTHWISE_ATTRS})
                 return func, consts, None, cost_model.depthwise(dec)
+            if cpu_fp32 and (wg := winograd_kernels(dshape, weight, bias, kw, dec)) is not None:
+                return wg
             fp_dtype = "float32" if self.dtype == "int8" else self.dtype
             return (*kernels.conv2d_gather_gemm(dshape, weight, bias, dtype=fp_dtype, **kw), None, dec)
         except Exception as exc:  # noqa: BLE001 - a layout the kernel library cannot schedule

@@ -13,7 +13,7 @@ from tvm import relax
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
 from ..ir import dtype_of, kernel_shape, with_span
-from .group_sparse_conv import mark_kernel
+from .kernel_marks import mark_kernel
 
 
 @tvm.transform.module_pass(opt_level=0, name="MaxPoolKernel")

@@ -17,7 +17,7 @@ from lightning_gbd.core.groups import conv_flops, density, group_mask
 from lightning_gbd.core.lowrank import live_pair_flop_ratio, pca_factors
 
 from ..ir import batch_count, bindings, const_numpy, is_constant, layer_name, op_name
-from .group_sparse_conv import RECORD_ATTR
+from .kernel_marks import RECORD_ATTR
 
 
 def _plain(value):
