@@ -25,7 +25,7 @@ def run_winograd(x, w, b, padding, relu, res, n_sym=False):
     k = winograd.conv2d_winograd(shape, w, b, padding=padding, relu=relu, residual=res is not None, target=LLVM)
     v5, v4, m4, m5 = (tuple(N if not isinstance(v, int) else v for v in s) for s in k.shapes)
     dev = tvm.cpu()
-    t = lambda a: tvm.runtime.tensor(np.ascontiguousarray(a), dev)  # noqa: E731
+    t = lambda a: tvm.runtime.tensor(np.ascontiguousarray(a), dev)
     V, M = t(np.zeros(v5, "float32")), t(np.zeros(m4, "float32"))
     d = k.dims
     out = t(np.zeros((N, w.shape[0], d.OH, d.OW), "float32"))
