@@ -213,7 +213,8 @@ def run_model(name, bsz, densities, args, tag, log):
         )
         log(
             f"#   {name} b{bsz} {vname}: {'cached' if hit else 'compiled'} ({cs} s), "
-            f"{tot['gather_gemm']} gather / {tot['dense']} dense convs, FLOP ratio {tot['flops_ratio']:.3f}, "
+            f"{tot['gather_gemm']} gather / {tot.get('winograd', 0)} Winograd / {tot['dense']} dense convs, "
+            f"FLOP ratio {tot['flops_ratio']:.3f}, "
             f"verify err {ver.get('max_relative_error')}"
         )
         if not args.compile_only:

@@ -243,7 +243,7 @@ def ensure_export(name, density, batch, sparse, x_path, tag, rebuild, log):
     tot = man["totals"]
     log(
         f"#   {name} d{dens_str(density)} b{batch} ours_{kind}: exported in {cs} s, {tot['gather_gemm']} gather / "
-        f"{tot['dense']} dense convs, FLOP ratio {tot['flops_ratio']:.3f}"
+        f"{tot.get('winograd', 0)} Winograd / {tot['dense']} dense convs, FLOP ratio {tot['flops_ratio']:.3f}"
     )
     time.sleep(0.5)  # let this process's TVM pool threads go idle before a worker is timed
     return d, man, cs, False
@@ -625,6 +625,7 @@ def main(argv=None):
                     cached=hit,
                     gather_gemm_convs=tot.get("gather_gemm"),
                     dense_convs=tot.get("dense"),
+                    winograd_convs=tot.get("winograd"),
                     input_maps_removed=tot.get("input_maps_removed"),
                     flops_dense=tot.get("flops_dense"),
                     flops_executed=tot.get("flops_executed"),

@@ -104,6 +104,7 @@ def test_pass_uses_winograd_only_where_it_applies():
 
 
 def test_winograd_decision_needs_a_dense_conv():
+    """Dense convs and gather-GEMM convs above WINOGRAD_DENSITY; never one over too few tiles."""
     d = cost_model.decide((1, 16, 8, 8), np.ones((16, 16, 3, 3), np.float32), (1, 16, 8, 8))
     assert cost_model.winograd(d, (1, 16, 8, 8), (16, 16, 3, 3), 64).decision == "winograd"
     assert cost_model.winograd(d, (1, 16, 8, 8), (16, 16, 3, 3), 4) is None  # too few tiles
@@ -111,3 +112,8 @@ def test_winograd_decision_needs_a_dense_conv():
     sparse[:, :, 1, 1] = 1
     ds = cost_model.decide((1, 16, 8, 8), sparse, (1, 16, 8, 8))
     assert ds.decision == "gather-gemm" and cost_model.winograd(ds, (1, 16, 8, 8), (16, 16, 3, 3), 64) is None
+    most = np.ones((16, 16, 3, 3), np.float32)
+    most[:, :, 0, 0] = 0  # density 8/9: above WINOGRAD_DENSITY, Winograd beats the gather
+    dm = cost_model.decide((1, 16, 8, 8), most, (1, 16, 8, 8))
+    assert dm.decision == "gather-gemm" and dm.density > cost_model.WINOGRAD_DENSITY
+    assert cost_model.winograd(dm, (1, 16, 8, 8), (16, 16, 3, 3), 64).decision == "winograd"

@@ -94,13 +94,20 @@ WINOGRAD_MIN_MAPS = 16
 #: bound by reading them (ad-hoc, ResNet-18 at batch 1: 7x7 maps, 4 tiles, 2.2 ms per conv
 #: against 1.4 ms dense; 14x14 maps, 16 tiles, 0.65 against 1.27)
 WINOGRAD_MIN_TILES = 16
+#: ... and replaces a gather-GEMM above this density: the gather costs about tau of the dense GEMM
+#: (``DENSE_DENSITY``), Winograd 0.65 of it or less on ResNet-18's 3x3 convs at batch 32 (ad-hoc,
+#: EPYC Zen 4: 56x56 maps 0.65, 28x28 0.62, 14x14 0.61, 7x7 0.41; at batch 1 on 56x56 0.4)
+WINOGRAD_DENSITY = 0.7
 
 
 def winograd(dec: ConvDecision, data_shape, weight_shape, tiles: int) -> ConvDecision | None:
-    """The decision of a dense conv run as Winograd F(4x4, 3x3) (kernels/winograd.py), or None where
-    that does not apply: executed FLOPs are the 36-group GEMM's, ``2 * 36 * T * C * tiles`` (formula
-    1.25), the transforms not counted (a few adds per element, like the im2col copy)."""
-    if dec.decision != "dense" or int(data_shape[1]) < WINOGRAD_MIN_MAPS or tiles < WINOGRAD_MIN_TILES:
+    """The decision of a dense conv, or of a gather-GEMM conv denser than ``WINOGRAD_DENSITY``, run
+    as Winograd F(4x4, 3x3) (kernels/winograd.py), or None where that does not apply.  Executed
+    FLOPs are the 36-group GEMM's, ``2 * 36 * T * C * tiles`` (formula 1.25), the transforms not
+    counted (a few adds per element, like the im2col copy)."""
+    if int(data_shape[1]) < WINOGRAD_MIN_MAPS or tiles < WINOGRAD_MIN_TILES:
+        return None
+    if dec.decision != "dense" and not (dec.decision == "gather-gemm" and dec.density > WINOGRAD_DENSITY):
         return None
     fe = 2 * 36 * int(weight_shape[0]) * int(weight_shape[1]) * tiles
     return ConvDecision(
@@ -108,6 +115,6 @@ def winograd(dec: ConvDecision, data_shape, weight_shape, tiles: int) -> ConvDec
         dec.density,
         dec.flops_dense,
         fe,
-        f"{dec.reason}; dense 3x3 stride-1 conv as Winograd F(4x4, 3x3): {fe / dec.flops_dense:.0%} of the "
-        "direct FLOPs",
+        f"{dec.reason}; run as Winograd F(4x4, 3x3) (dense, or density > {WINOGRAD_DENSITY}): "
+        f"{fe / dec.flops_dense:.0%} of the direct FLOPs",
     )
