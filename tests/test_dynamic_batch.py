@@ -60,3 +60,20 @@ def test_fixed_batch_artifact_refuses_another_batch(tmp_path):
     assert np.abs(model(x).numpy() - net(x).detach().numpy()).max() < 1e-4
     with pytest.raises(ValueError, match=r"expected input shape \[4, 1, 28, 28\]"):
         model(torch.randn(2, 1, 28, 28))
+
+
+def test_dynamic_batch_winograd(tmp_path):
+    """A dense 3x3 conv with 16 maps on 16x16 inputs (16 tiles per image) runs as Winograd with a
+    symbolic batch too: its intermediates are reshaped with the batch variable in their shape."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)).eval()
+    save_pt2(net, torch.randn(1, 16, 16, 16), tmp_path / "m.pt2")
+    out = tmp_path / "art"
+    assert export_main([str(tmp_path / "m.pt2"), "--out", str(out), "--batch", "dynamic", "-q"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [c["decision"] for c in manifest["convs"]] == ["winograd", "winograd"]
+    model = tvm_passes.load(out)
+    for b in (1, 5):
+        x = torch.randn(b, 16, 16, 16)
+        ref = net(x).detach().numpy()
+        assert np.abs(model(x).numpy() - ref).max() / np.abs(ref).max() <= 1e-5, b
