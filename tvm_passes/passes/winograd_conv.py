@@ -25,11 +25,12 @@ class WinogradConv:
 def winograd_kernels(dshape, weight, bias, kw, dec):
     """``(WinogradConv, [], None, decision)`` in the shape of ``GroupSparseConv._conv_kernel``'s
     result where the conv is dense and Winograd applies, else None."""
+    if not isinstance(dshape[0], int):  # a symbolic batch: Relax shapes of V / M would need int64 vars
+        return None
     if not winograd.applies(dshape, weight.shape, kw["stride"], kw["padding"], kw["dilation"], kw["groups"]):
         return None
     d = winograd.dims(dshape, kw["padding"])
-    n = dshape[0] if isinstance(dshape[0], int) else 1  # a symbolic batch: per image
-    wdec = cost_model.winograd(dec, dshape, weight.shape, n * d.th * d.tw)
+    wdec = cost_model.winograd(dec, dshape, weight.shape, dshape[0] * d.th * d.tw)
     if wdec is None:
         return None
     built = winograd.conv2d_winograd(
