@@ -108,11 +108,14 @@ def _gemm_axes(d, e, c, n, ty, tx):
     return (e, c, n, ty, tx) if d.fold else (n, e, c, ty, tx)
 
 
-def gemm_shape(d, chans):
-    """The 5-d shape of V (chans = C) or M (chans = T) and the 4-d NCHW shape the 1x1 conv sees."""
-    if d.fold:
-        return (ALPHA * ALPHA, chans, d.N, d.th, d.tw), (1, ALPHA * ALPHA * chans, 1, d.N * d.th * d.tw)
-    return (d.N, ALPHA * ALPHA, chans, d.th, d.tw), (d.N, ALPHA * ALPHA * chans, 1, d.th * d.tw)
+def _logical_axes(d, axes):
+    """(e, c, n, ty, tx) of the five axes of V / M in their layout order (_gemm_axes' inverse)."""
+    return tuple(axes) if d.fold else (axes[1], axes[2], axes[0], axes[3], axes[4])
+
+
+def _point_shape(d, chans):
+    """The 5-d shape of V (chans = C) or M (chans = T), in _gemm_axes' order."""
+    return _gemm_axes(d, ALPHA * ALPHA, chans, d.N, d.th, d.tw)
 
 
 def input_te(d):
@@ -138,18 +141,18 @@ def input_te(d):
     )
 
     def vt(*ax):
-        e, c, n, ty, tx = ax if d.fold else (ax[1], ax[2], ax[0], ax[3], ax[4])
+        e, c, n, ty, tx = _logical_axes(d, ax)
         xi, nu = e // ALPHA, e % ALPHA
         return _pick(Bt, nu, lambda j: Z[n, c, xi, j, ty, tx])
 
-    V = te.compute(gemm_shape(d, d.C)[0], vt, name="V")
+    V = te.compute(_point_shape(d, d.C), vt, name="V")
     return te.create_prim_func([x, V])
 
 
 def output_te(d, T, has_bias, relu, residual):
     """PrimFunc (M, (bias[T]), (res[N, T, OH, OW]), out[N, T, OH, OW]) of stages "R", "S", "out"."""
     At = matrices()[0]
-    M = te.placeholder(gemm_shape(d, T)[0], "float32", name="M")
+    M = te.placeholder(_point_shape(d, T), "float32", name="M")
     bias = te.placeholder((T,), "float32", name="bias") if has_bias else None
     res = te.placeholder((d.N, T, d.OH, d.OW), "float32", name="res") if residual else None
     Rr = te.compute(
@@ -186,8 +189,7 @@ def schedule_input_cpu(func, d):
     the task, B^T d B as vectors over the plane's tiles with the points unrolled."""
     sch = s_tir.schedule.Schedule(func)
     vblk = sch.get_sblock("V")
-    loops = sch.get_loops(vblk)
-    e, c, n, ty, tx = loops if d.fold else (loops[1], loops[2], loops[0], loops[3], loops[4])
+    e, c, n, ty, tx = _logical_axes(d, sch.get_loops(vblk))
     sch.reorder(n, c, e, ty, tx)
     plane = sch.fuse(n, c)
     sch.parallel(plane)
@@ -232,7 +234,7 @@ def gemm_row(npix: int) -> int:
 def gemm_shapes(d, chans):
     """(5-d shape of V or M as the transforms index it, 4-d NCHW shape the 1 x 1 conv sees): the
     same buffer.  ``chans``: C for V, T for M."""
-    five = gemm_shape(d, chans)[0]
+    five = _point_shape(d, chans)
     npix = (d.N if d.fold else 1) * d.th * d.tw
     rw = gemm_row(npix)
     return five, (1 if d.fold else d.N, ALPHA * ALPHA * chans, npix // rw, rw)
