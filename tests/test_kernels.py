@@ -423,6 +423,12 @@ def test_stride2_stem_gathers_from_phase_planes():
         (1, 16, 12, 5, 2, (2, 1, 2, 3), 1, True, False),
         (1, 4, 11, 3, 1, (2, 2, 2, 2), 2, True, 6.0),
         (3, 6, 7, 3, 3, (0, 0, 0, 0), 1, False, False),
+        # flat (rows under 16 pixels at stride 1, formula 1.26): MobileNet's 14x14, a 3x3 map,
+        # asymmetric padding of the same reach, a 5x5 kernel
+        (2, 6, 14, 3, 1, (1, 1, 1, 1), 1, True, 6.0),
+        (1, 4, 3, 3, 1, (1, 1, 1, 1), 1, True, 6.0),
+        (1, 3, 13, 3, 1, (0, 2, 2, 0), 1, False, True),
+        (1, 3, 7, 5, 1, (2, 1, 2, 3), 1, True, False),
     ],
 )
 def test_depthwise_llvm(N, C, H, k, s, pad, d, bias, relu):
@@ -441,6 +447,20 @@ def test_depthwise_llvm(N, C, H, k, s, pad, d, bias, relu):
     if relu is not True and relu is not False:
         ref = np.minimum(ref, relu)
     assert rel_err(run_llvm(func, [x, *consts], ref.shape), ref) <= TOL
+
+
+def test_depthwise_flat_choice():
+    """The flat kernel takes stride-1 convs whose rows keep their length and are under one vector;
+    its column masks zero exactly the taps that cross a row edge."""
+    from tvm_passes.kernels.depthwise import column_masks, is_flat
+
+    assert is_flat((1, 8, 14, 14), 3, 3, 1, (1, 1, 1, 1), 1)
+    assert not is_flat((1, 8, 28, 28), 3, 3, 1, (1, 1, 1, 1), 1)  # whole 4-lane vectors: row-wise
+    assert not is_flat((1, 8, 14, 14), 3, 3, 2, (1, 1, 1, 1), 1)
+    assert not is_flat((1, 8, 14, 14), 3, 3, 1, (0, 0, 0, 0), 1)  # rows shrink
+    m = column_masks(2, 4, 3, 1, 1)
+    assert m.shape == (3, 8)
+    assert m[0].tolist() == [0, -1, -1, -1] * 2 and m[1].tolist() == [-1] * 8 and m[2].tolist() == [-1, -1, -1, 0] * 2
 
 
 def test_depthwise_llvm_uneven():

@@ -5,6 +5,7 @@ numpy constants their extra parameters take."""
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 import tvm
@@ -105,14 +106,19 @@ def build_context(target):
     return tvm.transform.PassContext(opt_level=cur.opt_level, config=cfg, disabled_pass=list(cur.disabled_pass))
 
 
-def _lower_cpu(data_shape, weight, kw, lw, target):
+def _lower_cpu(data_shape, weight, kw, lw, target, split_pixels=False):
     """lower_conv for the CPU schedules: with the filter rows padded so that the t-chunks of the
-    schedule (cpu.t_chunks, which every CPU conv schedule plans its tasks with) divide evenly."""
+    schedule (cpu.t_chunks, which every CPU conv schedule plans its tasks with) divide evenly;
+    with ``split_pixels``, where they would not, first smaller n-chunks (cpu.pixel_split_params)."""
     lowered = lower_conv(data_shape, weight, **kw, **lw)
     tpo = cpu.t_chunks(lowered[0], target)
-    if lowered[0].TO % tpo:
-        lowered = lower_conv(data_shape, weight, **kw, **lw, to_multiple=tpo)
-    return lowered
+    if lowered[0].TO % tpo == 0:
+        return lowered
+    if split_pixels and (split := cpu.pixel_split_params(lowered[0], lw, target)):
+        relowered = lower_conv(data_shape, weight, **kw, **split)
+        if relowered[0].NRP and relowered[0].TO % cpu.t_chunks(relowered[0], target) == 0:
+            return relowered
+    return lower_conv(data_shape, weight, **kw, **lw, to_multiple=tpo)
 
 
 def _lower_cpu_f32(data_shape, weight, kw, lw, target):
@@ -121,17 +127,18 @@ def _lower_cpu_f32(data_shape, weight, kw, lw, target):
     computes fewer pixels in whole-row chunks (cpu.exact_row_params; the epilogue stays fused),
     else the pixel x channel tile where ``lw``'s tiles waste pixels (cpu_small.lowering_params),
     else unpadded rows read straight from the input (1x1 convs, cpu.direct_lowering_params)."""
-    lowered = _lower_cpu(data_shape, weight, kw, lw, target)
+    lower = functools.partial(_lower_cpu, data_shape, weight, kw, target=target, split_pixels=True)
+    lowered = lower(lw)
     if narrow := cpu.short_reduction_params(lowered[0]):
         lw = narrow
-        lowered = _lower_cpu(data_shape, weight, kw, lw, target)
+        lowered = lower(lw)
     if exact := cpu.exact_row_params(lowered[0], lw):
-        unpadded = _lower_cpu(data_shape, weight, kw, exact, target)
+        unpadded = lower(exact)
         if unpadded[0].NP < lowered[0].NP and unpadded[0].NRP:
             return unpadded, None
     small = cpu_small.lowering_params(lowered[0])
     relower = small or cpu.direct_lowering_params(lowered[0], lw)
-    return (_lower_cpu(data_shape, weight, kw, relower, target) if relower else lowered), small
+    return (lower(relower) if relower else lowered), small
 
 
 def conv2d_gather_gemm(
