@@ -62,18 +62,18 @@ def test_fixed_batch_artifact_refuses_another_batch(tmp_path):
         model(torch.randn(2, 1, 28, 28))
 
 
-def test_dynamic_batch_keeps_dense_gemm_for_winograd_shapes(tmp_path):
-    """Dense 3x3 convs that a fixed batch runs as Winograd stay the dense GEMM with a symbolic batch
-    (the pass emits Winograd for static batches only) and the artifact runs at any batch."""
+def test_dynamic_batch_winograd(tmp_path):
+    """Dense 3x3 convs run as Winograd with a symbolic batch too (its tile floor counted for one
+    image: a 16x16 map has 16 tiles) and the artifact runs at any batch, odd ones included."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)).eval()
     save_pt2(net, torch.randn(1, 16, 16, 16), tmp_path / "m.pt2")
     out = tmp_path / "art"
     assert export_main([str(tmp_path / "m.pt2"), "--out", str(out), "--batch", "dynamic", "-q"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [c["decision"] for c in manifest["convs"]] == ["dense", "dense"]
+    assert [c["decision"] for c in manifest["convs"]] == ["winograd", "winograd"]
     model = tvm_passes.load(out)
-    for b in (1, 5):
+    for b in (1, 5, 32):
         x = torch.randn(b, 16, 16, 16)
         ref = net(x).detach().numpy()
         assert np.abs(model(x).numpy() - ref).max() / np.abs(ref).max() <= 1e-5, b

@@ -89,7 +89,7 @@ def depthwise(dec: ConvDecision) -> ConvDecision:
 #: Winograd F(4x4, 3x3) replaces the dense GEMM of a 3x3 stride-1 conv with at least this many
 #: input maps (fewer make a 36-group GEMM too short to run near peak: a network's first conv)
 WINOGRAD_MIN_MAPS = 16
-#: ... and at least this many 4 x 4 output tiles per call (a fixed batch only, passes/winograd_conv.py):
+#: ... and at least this many 4 x 4 output tiles per call (per image for a symbolic batch):
 #: the transformed filters are 4x the conv's, read once per call, so a GEMM over few tiles is
 #: bound by reading them (ad-hoc, ResNet-18 at batch 1: 7x7 maps, 4 tiles, 2.2 ms per conv
 #: against 1.4 ms dense; 14x14 maps, 16 tiles, 0.65 against 1.27)

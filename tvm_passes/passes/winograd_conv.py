@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm import relax
+from tvm import relax, tirx
 
 from .. import cost_model
+from ..ir import batch_count
 from ..kernels import winograd
 from .kernel_marks import RECORD_ATTR, mark_kernel
 
@@ -25,12 +26,11 @@ class WinogradConv:
 def winograd_kernels(dshape, weight, bias, kw, dec):
     """``(WinogradConv, [], None, decision)`` in the shape of ``GroupSparseConv._conv_kernel``'s
     result where the conv is dense and Winograd applies, else None."""
-    if not isinstance(dshape[0], int):  # a symbolic batch: Relax shapes of V / M would need int64 vars
-        return None
     if not winograd.applies(dshape, weight.shape, kw["stride"], kw["padding"], kw["dilation"], kw["groups"]):
         return None
     d = winograd.dims(dshape, kw["padding"])
-    wdec = cost_model.winograd(dec, dshape, weight.shape, dshape[0] * d.th * d.tw)
+    # a symbolic batch is planned for one image, as the FLOP counts are (ir.batch_count)
+    wdec = cost_model.winograd(dec, dshape, weight.shape, batch_count(dshape) * d.th * d.tw)
     if wdec is None:
         return None
     built = winograd.conv2d_winograd(
@@ -44,7 +44,9 @@ def emit_winograd(bb, conv: WinogradConv, record, base, inputs, oshape):
     ``base`` + suffix, the output kernel with the layer's ``record``.  ``inputs``: the conv's input
     and its residual input (or None)."""
     (fin, _), (fgemm, gconsts), (fout, oconsts) = conv.kernels.stages
-    v5, v4, m4, m5 = conv.kernels.shapes
+    # a symbolic batch: the kernels' own int32 batch var in V's and M's shapes becomes the graph's
+    # batch (the output's leading dim); call_tir binds each kernel's var to it
+    v5, v4, m4, m5 = ([oshape[0] if isinstance(x, tirx.Var) else x for x in sh] for sh in conv.kernels.shapes)
     data, res = inputs
     v = relax.call_tir(bb.add_func(mark_kernel(fin), base + "_wg_in"), [data], relax.TensorType(v5, "float32"))
     gemm = bb.add_func(mark_kernel(fgemm), base + "_wg_gemm")
