@@ -66,6 +66,40 @@ def test_lenet5_gbd(tmp_path):
     assert ver["passed"] and ver["max_relative_error"] <= TOL and ver["tolerance"] == TOL
 
 
+def test_loader_reuses_its_input_tensor(tmp_path):
+    """Array inputs are copied into one device tensor per thread and shape (no fresh allocation per
+    call): consecutive calls, a misaligned torch slice, another batch of a dynamic artifact and a
+    second thread all get their own correct outputs, and an earlier result is not overwritten."""
+    import threading
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    m = impose_gbd(lenet(), density=0.3, dead=0.15).eval()
+    tvm_passes.export_model(m, torch.randn(2, 1, 28, 28), "llvm", str(tmp_path), dynamic_batch=True)
+    f = tvm_passes.load(tmp_path)
+    xs = [torch.randn(2, 1, 28, 28) for _ in range(3)]
+    with torch.no_grad():
+        refs = [m(x).numpy() for x in xs]
+    outs = [f(x.numpy()) for x in xs[:2]]
+    assert f._inputs.tensor is f._to_tvm(xs[0].numpy())  # the same tensor, refilled
+    for out, ref in zip(outs, refs):
+        assert rel_err(out, ref) <= TOL
+    flat = torch.randn(2 * 28 * 28 + 1)
+    sliced = flat[1:].view(2, 1, 28, 28)  # 4 bytes off the allocation: not 64-byte aligned
+    with torch.no_grad():
+        assert rel_err(f(sliced).numpy(), m(sliced).numpy()) <= TOL
+    x5 = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert rel_err(f(x5.numpy()), m(x5).numpy()) <= TOL
+    res = {}
+    t = threading.Thread(target=lambda: res.update(out=f(xs[2].numpy())))
+    t.start()
+    t.join()
+    assert rel_err(res["out"], refs[2]) <= TOL and rel_err(f(xs[1].numpy()), refs[1]) <= TOL
+    assert np.array_equal(outs[0], f(xs[0].numpy()))
+
+
 def test_resnet18_gbd(tmp_path):
     torch.manual_seed(0)
     m = impose_gbd(torchvision.models.resnet18(weights=None), density=0.3, dead=0.15)

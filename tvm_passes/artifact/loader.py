@@ -35,6 +35,9 @@ class CompiledModel:
         self.batch = int(manifest["input"].get("example_batch", self.input_shape[0]))
         self.input_dtype = manifest["input"].get("dtype", "float32")
         self._on_cpu = manifest.get("device", "cpu") == "cpu"
+        #: per thread, the device tensor the last array input was copied into (reused while the
+        #: shape is the same)
+        self._inputs = threading.local()
 
     def __repr__(self):
         return f"CompiledModel({self.out_dir!r}, input={list(self.input_shape)}, device={self.device})"
@@ -54,11 +57,24 @@ class CompiledModel:
             if self._on_cpu and t.device.type == "cpu":
                 t = t.contiguous()
                 if t.data_ptr() % 64:  # TVM takes only 64-byte aligned memory (a slice, from_numpy)
-                    t = t.clone()
+                    return self._input_tensor(t.numpy())
                 return tvm.runtime.from_dlpack(t)
-            return tvm.runtime.tensor(t.cpu().contiguous().numpy(), self.device)
+            return self._input_tensor(t.cpu().contiguous().numpy())
         arr = np.ascontiguousarray(np.asarray(x, dtype=self.input_dtype))
-        return tvm.runtime.tensor(arr, self.device)
+        return self._input_tensor(arr)
+
+    def _input_tensor(self, arr):
+        """``arr`` copied into this thread's input tensor of its shape.  A new tensor per call
+        (``tvm.runtime.tensor``) is a fresh allocation of the whole input, whose pages the kernel
+        maps again on every call: at batch 32 (19 MB) about 2,400 page faults and 20-80 ms of system
+        time per call (MobileNetV2, 2 threads, AMD EPYC)."""
+        import tvm
+
+        buf = getattr(self._inputs, "tensor", None)
+        if buf is None or tuple(buf.shape) != arr.shape:
+            buf = self._inputs.tensor = tvm.runtime.empty(arr.shape, self.input_dtype, self.device)
+        buf.copyfrom(arr)
+        return buf
 
     def example_shape(self, batch=None) -> tuple:
         """The input shape at ``batch`` (default: the export's batch); a static artifact takes only its own."""
