@@ -140,9 +140,10 @@ def pixel_split_params(geom: ConvGeometry, params: dict, target):
     if not isinstance(geom.N, int) or not geom.NRP:
         return None
     chunks = geom.N * geom.G * (geom.NP // (geom.NV * geom.NTC))
-    cap = geom.NTC * chunks // nthreads
-    tiles = tuple(c for c in params["chunk_tiles"] if c <= cap)
-    return {**params, "chunk_tiles": tiles} if chunks < nthreads and tiles else None
+    if chunks >= nthreads:
+        return None
+    tiles = tuple(c for c in params["chunk_tiles"] if c <= geom.NTC * chunks // nthreads)
+    return {**params, "chunk_tiles": tiles} if tiles else None
 
 
 def dense_row_tile(M):

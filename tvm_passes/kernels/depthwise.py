@@ -131,12 +131,13 @@ def column_masks(OH, W, kw, pl, dw) -> np.ndarray:
     return np.ascontiguousarray(np.tile(np.where((col >= 0) & (col < W), -1, 0), (1, OH)).astype(np.int32))
 
 
-def _flat_sizes(H, W, kh, kw, padding, dilation):
+def _flat_sizes(data_shape, kh, kw, padding, dilation):
     """(OH, E, L) of depthwise_flat_te: output rows, the offset of the plane in the flat copy (the
     padding before it rounded up to whole vectors, so that the copy's middle vectors are the plane's
     and need no clamps) and the copy's length in whole vectors."""
-    (dh, dw), (pt, pl, pb, _) = _pair(dilation), _pad4(padding)
-    OH = H + pt + pb - dh * (kh - 1)
+    W = int(data_shape[3])
+    (dh, dw), (pt, pl) = _pair(dilation), _pad4(padding)[:2]
+    OH = _dims(data_shape, kh, kw, 1, padding, dilation)[0]
     E = -(-(pt * W + pl) // VECTOR_LANES) * VECTOR_LANES
     reach = OH * W + (kh - 1) * dh * W + (kw - 1) * dw + E - pt * W - pl
     return OH, E, -(-reach // VECTOR_LANES) * VECTOR_LANES
@@ -154,7 +155,7 @@ def depthwise_flat_te(data_shape, kh, kw, padding, dilation, has_bias, relu):
     7-pixel row is no whole vector, and the row-wise kernel computed such rows in scalars)."""
     N, C, H, W = data_shape
     (dh, dw), (pt, pl) = _pair(dilation), _pad4(padding)[:2]
-    OH, E, L = _flat_sizes(H, W, kh, kw, padding, dilation)
+    OH, E, L = _flat_sizes(data_shape, kh, kw, padding, dilation)
     x = te.placeholder((N, C, H, W), "float32", name="x")
     wt = te.placeholder((C, kh, kw), "float32", name="w")
     masks = te.placeholder((kw, OH * W), "int32", name="masks")
@@ -209,8 +210,9 @@ def schedule_depthwise_flat(func, H, W, E):
 def depthwise_conv2d(
     data_shape, weight, bias=None, *, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), relu=False
 ):
-    """Scheduled PrimFunc and consts ``[w (C, kh, kw), (bias)]`` of an NCHW depthwise conv
-    (``is_depthwise``); ``data_shape[0]`` may be symbolic; ``relu`` as in te_defs._epilogue."""
+    """Scheduled PrimFunc and consts ``[w (C, kh, kw), (column masks, where is_flat), (bias)]`` of an
+    NCHW depthwise conv (``is_depthwise``); ``data_shape[0]`` may be symbolic; ``relu`` as in
+    te_defs._epilogue."""
     from .gather_gemm import _batch_dim, _finish
 
     weight = np.asarray(weight, dtype=np.float32)
@@ -218,27 +220,16 @@ def depthwise_conv2d(
         raise ValueError(f"not a depthwise conv: data {tuple(data_shape)}, weight {weight.shape}")
     C, _, kh, kw = weight.shape
     shape = (_batch_dim(data_shape[0]), *(int(v) for v in data_shape[1:]))
-    if is_flat(shape, kh, kw, stride, padding, dilation):
-        return _depthwise_flat(shape, weight, bias, padding, dilation, relu)
-    func = depthwise_te(shape, kh, kw, stride, padding, dilation, bias is not None, relu)
-    OW = _dims(shape, kh, kw, stride, padding, dilation)[1]
-    dims = (shape[3], _pad4(padding)[1], _pair(stride)[1], OW)
     consts = [np.ascontiguousarray(weight.reshape(C, kh, kw))]
+    if is_flat(shape, kh, kw, stride, padding, dilation):
+        func = depthwise_flat_te(shape, kh, kw, padding, dilation, bias is not None, relu)
+        OH, E, _ = _flat_sizes(shape, kh, kw, padding, dilation)
+        consts.append(column_masks(OH, shape[3], kw, _pad4(padding)[1], _pair(dilation)[1]))
+        func = schedule_depthwise_flat(func, shape[2], shape[3], E)
+    else:
+        func = depthwise_te(shape, kh, kw, stride, padding, dilation, bias is not None, relu)
+        OW = _dims(shape, kh, kw, stride, padding, dilation)[1]
+        func = schedule_depthwise_cpu(func, (shape[3], _pad4(padding)[1], _pair(stride)[1], OW))
     if bias is not None:
         consts.append(np.ascontiguousarray(np.asarray(bias, dtype=np.float32).reshape(C)))
-    return _finish(schedule_depthwise_cpu(func, dims), "llvm"), consts
-
-
-def _depthwise_flat(shape, weight, bias, padding, dilation, relu):
-    """depthwise_conv2d's result for a conv that is_flat."""
-    from .gather_gemm import _finish
-
-    C, _, kh, kw = weight.shape
-    pl, dw = _pad4(padding)[1], _pair(dilation)[1]
-    H, W = shape[2], shape[3]
-    func = depthwise_flat_te(shape, kh, kw, padding, dilation, bias is not None, relu)
-    OH, E, _ = _flat_sizes(H, W, kh, kw, padding, dilation)
-    consts = [np.ascontiguousarray(weight.reshape(C, kh, kw)), column_masks(OH, W, kw, pl, dw)]
-    if bias is not None:
-        consts.append(np.ascontiguousarray(np.asarray(bias, dtype=np.float32).reshape(C)))
-    return _finish(schedule_depthwise_flat(func, H, W, E), "llvm"), consts
+    return _finish(func, "llvm"), consts
