@@ -67,7 +67,7 @@ class CompiledModel:
         """``arr`` copied into this thread's input tensor of its shape.  A new tensor per call
         (``tvm.runtime.tensor``) is a fresh allocation of the whole input, whose pages the kernel
         maps again on every call: at batch 32 (19 MB) about 2,400 page faults and 20-80 ms of system
-        time per call (MobileNetV2, 2 threads, AMD EPYC)."""
+        time per call (MobileNetV2, 2 threads, AMD EPYC; ad-hoc, getrusage around the calls)."""
         import tvm
 
         buf = getattr(self._inputs, "tensor", None)
