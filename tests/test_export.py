@@ -100,6 +100,34 @@ def test_loader_reuses_its_input_tensor(tmp_path):
     assert np.array_equal(outs[0], f(xs[0].numpy()))
 
 
+def test_loader_concurrent_calls(tmp_path):
+    """Threads calling one loaded model at once each get their own input's output: every thread
+    runs its own VM (one shared VM's registers and buffers were overwritten by the other calls
+    and crashed the process)."""
+    import threading
+
+    torch.manual_seed(0)
+    m = impose_gbd(torchvision.models.resnet18(weights=None), density=0.3, dead=0.15).eval()
+    tvm_passes.export_model(m, torch.randn(2, 3, 32, 32), "llvm", str(tmp_path), do_verify=False)
+    f = tvm_passes.load(tmp_path)
+    xs = [torch.randn(2, 3, 32, 32) for _ in range(4)]
+    with torch.no_grad():
+        refs = [m(x).numpy() for x in xs]
+    errs, failures = [], []
+
+    def work(i):
+        try:
+            for _ in range(25):
+                errs.append(rel_err(f(xs[i]).numpy(), refs[i]))
+        except Exception as e:  # reported below: a thread's exception does not fail the test
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not failures and len(errs) == 100 and max(errs) <= TOL
+
+
 def test_resnet18_gbd(tmp_path):
     torch.manual_seed(0)
     m = impose_gbd(torchvision.models.resnet18(weights=None), density=0.3, dead=0.15)

@@ -21,14 +21,19 @@ _LOCK = threading.Lock()
 
 
 class CompiledModel:
-    """A compiled GBD model; ``model(x)`` returns the same kind of array it was given."""
+    """A compiled GBD model; ``model(x)`` returns the same kind of array it was given.
 
-    def __init__(self, out_dir, manifest, vm, device):
+    Safe to call from several threads at once: each thread runs its own Relax VM over the one
+    loaded library (a VM holds its registers and planned buffers, so two threads sharing one
+    overwrote each other's and crashed); the weights are the library's, not copied per VM.
+    """
+
+    def __init__(self, out_dir, manifest, lib, device):
         self.out_dir = out_dir
         self.manifest = manifest
-        self.vm = vm
         self.device = device
-        self._main = vm["main"]
+        self._lib = lib
+        self._vms = threading.local()
         self.input_shape = tuple(manifest["input"]["shape"])  # ("batch", C, H, W) for a dynamic batch
         self.dynamic_batch = bool(manifest["input"].get("dynamic_batch", False))
         #: the batch it was exported at (any batch runs when dynamic_batch)
@@ -38,6 +43,22 @@ class CompiledModel:
         #: per thread, the device tensor the last array input was copied into (reused while the
         #: shape is the same)
         self._inputs = threading.local()
+
+    @property
+    def vm(self):
+        """This thread's ``relax.VirtualMachine`` (made on its first call)."""
+        vm = getattr(self._vms, "vm", None)
+        if vm is None:
+            from tvm import relax
+
+            vm = self._vms.vm = relax.VirtualMachine(self._lib, self.device)
+            self._vms.main = vm["main"]
+        return vm
+
+    @property
+    def _main(self):
+        main = getattr(self._vms, "main", None)
+        return main if main is not None else (self.vm, self._vms.main)[1]
 
     def __repr__(self):
         return f"CompiledModel({self.out_dir!r}, input={list(self.input_shape)}, device={self.device})"
@@ -111,7 +132,6 @@ def load(out_dir, *, device=None, check_sha=True, threads=None) -> CompiledModel
     ``TVM_BIND_THREADS=1``.
     """
     import tvm
-    from tvm import relax
 
     out_dir = os.path.abspath(str(out_dir))
     manifest, lib_path = _read_manifest(out_dir)
@@ -144,8 +164,8 @@ def load(out_dir, *, device=None, check_sha=True, threads=None) -> CompiledModel
         # library-sized copy in the temp dir (a test run loads hundreds of artifacts).
         with contextlib.suppress(OSError):
             os.remove(private)
-    vm = relax.VirtualMachine(lib, device)
-    model = CompiledModel(out_dir, manifest, vm, device)
+    model = CompiledModel(out_dir, manifest, lib, device)
+    model.vm  # noqa: B018 - the loading thread's VM, so a broken library fails here, not at the first call
     with _LOCK:
         _CACHE[key] = model
     return model
