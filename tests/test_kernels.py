@@ -51,13 +51,19 @@ def ref_conv(x, w, b, stride, padding, dilation, groups, relu):
     return (y.relu() if relu else y).numpy()
 
 
-def run_llvm(func, inputs, out_shape, target=LLVM, out_dtype="float32"):
+def run_llvm(func, inputs, out_shape, target=LLVM, out_dtype="float32", inplace=False):
+    """The kernel's output for ``inputs``.  ``inplace``: the last input is the residual, and the
+    kernel is run a second time with that buffer as its output too (passes.InplaceResidual), which
+    must give the same output bit for bit."""
     lib = compile_kernel(func, target)
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
     fill = np.nan if out_dtype == "float32" else 77  # what a kernel failing to write leaves
     out = tvm.runtime.tensor(np.full(out_shape, fill, out_dtype), dev)
     lib(*args, out)
+    if inplace:
+        lib(*args, args[-1])
+        assert np.array_equal(args[-1].numpy(), out.numpy()), "output written over the residual differs"
     return out.numpy()
 
 
@@ -247,7 +253,7 @@ def test_16x16_tiles_keep_28_pixel_rows_unpadded(N, C, T, density):
     assert consts[0].shape[-1] == 16 and len(consts) == 4  # F [G, TO, KP, 16], live, off, bias: no base table
     ref = ref_conv(x, w, b, 1, pad, 1, 1, False)
     res = rng.standard_normal(ref.shape).astype(np.float32)
-    assert rel_err(run_llvm(func, [x, *consts, res], ref.shape), np.maximum(ref + res, 0)) <= TOL
+    assert rel_err(run_llvm(func, [x, *consts, res], ref.shape, inplace=True), np.maximum(ref + res, 0)) <= TOL
 
 
 @pytest.mark.parametrize("C,T,k,HW", [(6, 16, 3, 100), (8, 32, 5, 27)])
@@ -290,7 +296,7 @@ def test_whole_image_tasks(C, T, k, HW, s):
     ref = ref_conv(x, w, b, s, pad, 1, 1, False)
     res = rng.standard_normal(ref.shape).astype(np.float32)
     func, consts = conv2d_gather_gemm(x.shape, w, b, stride=(s, s), padding=pad, relu=True, residual=True, target=LLVM)
-    assert rel_err(run_llvm(func, [x, *consts, res], ref.shape), np.maximum(ref + res, 0)) <= TOL
+    assert rel_err(run_llvm(func, [x, *consts, res], ref.shape, inplace=True), np.maximum(ref + res, 0)) <= TOL
 
 
 @pytest.mark.parametrize("N,T", [(1, 37), (8, 45)])
@@ -309,7 +315,7 @@ def test_padded_8_row_filter_tiles(N, T):
     assert T >= cpu.MIN_PADDED_8 and consts[0].shape[-1] == 8  # F [G, TO, KP, TI]
     ref = ref_conv(x, w, b, 1, pad, 1, 1, False)
     res = rng.standard_normal(ref.shape).astype(np.float32)
-    assert rel_err(run_llvm(func, [x, *consts, res], ref.shape), np.maximum(ref + res, 0)) <= TOL
+    assert rel_err(run_llvm(func, [x, *consts, res], ref.shape, inplace=True), np.maximum(ref + res, 0)) <= TOL
 
 
 # (N, C, H, T, k, stride, density): 7x7 output maps (64 pixels for 49 in 8 x 32 tiles), dense and
@@ -340,7 +346,7 @@ def test_small_maps_pixel_channel_tile(N, C, H, T, k, s, density):
     assert consts[0].shape[-1] == cpu_small.TILE_T  # F [G, TO, KP, TI]: 32-filter tiles
     ref = ref_conv(x, w, b, s, pad, 1, 1, False)
     res = rng.standard_normal(ref.shape).astype(np.float32)
-    out = run_llvm(func, [x, *consts, res], ref.shape)
+    out = run_llvm(func, [x, *consts, res], ref.shape, inplace=True)
     assert rel_err(out, np.maximum(ref + res, 0)) <= TOL
 
 
@@ -359,7 +365,7 @@ def test_1x1_reads_input_directly(N, C, H, T, density, residual):
     assert 'sblock("Dp")' not in func.script()  # no padded copy
     ref = ref_conv(x, w, b, 1, (0, 0, 0, 0), 1, 1, False)
     res = rng.standard_normal(ref.shape).astype(np.float32)
-    out = run_llvm(func, [x, *consts] + ([res] if residual else []), ref.shape)
+    out = run_llvm(func, [x, *consts] + ([res] if residual else []), ref.shape, inplace=residual)
     assert rel_err(out, np.maximum(ref + res if residual else ref, 0)) <= TOL
 
 
@@ -392,7 +398,7 @@ def test_epilogue_per_register_tile(N, C, H, T, k, s, density, residual, relu, m
     assert taken == [True]
     ref = ref_conv(x, w, b, s, pad, 1, 1, False)
     res = rng.standard_normal(ref.shape).astype(np.float32) if residual else 0
-    out = run_llvm(func, [x, *consts] + ([res] if residual else []), ref.shape)
+    out = run_llvm(func, [x, *consts] + ([res] if residual else []), ref.shape, inplace=residual)
     want = ref + res
     want = want if relu is False else np.clip(want, 0, None if relu is True else relu)
     assert rel_err(out, want) <= TOL

@@ -33,7 +33,11 @@ def run_winograd(x, w, b, padding, relu, res, n_sym=False):
     compile_kernel(fin, LLVM)(t(x), V)
     compile_kernel(fg, LLVM)(V._create_view(v4), *[t(c) for c in gc], M)
     extra = [t(c) for c in oc] + ([t(res)] if res is not None else [])
-    compile_kernel(fo, LLVM)(M._create_view(m5), *extra, out)
+    fout = compile_kernel(fo, LLVM)
+    fout(M._create_view(m5), *extra, out)
+    if res is not None:  # the output written over the residual (passes.InplaceResidual): the same
+        fout(M._create_view(m5), *extra, extra[-1])
+        assert np.array_equal(extra[-1].numpy(), out.numpy())
     return out.numpy()
 
 

@@ -4,7 +4,8 @@ Order (paper 000 section 3 / docs/formulas.md section 1 for the two GBD passes):
 import (BN folded, constants folded, layers named) -> dead input maps removed (pass 2) ->
 optional low-rank decomposition -> conv / linear to kernel-library call_tir (pass 1, cost model
 per conv; int8: uint8 tensors between the convs) -> max-pools to the library's kernel (CPU) ->
-LegalizeOps + fusion of the rest -> generic schedules (or a meta_schedule database) ->
+LegalizeOps + fusion of the rest -> fused skip connections written over their dead residual ->
+generic schedules (or a meta_schedule database) ->
 ``tvm.compile``.  The per-layer records are read off the result by one analysis.
 """
 
@@ -19,7 +20,7 @@ from tvm import relax
 
 from .frontend import ImportResult, import_program
 from .kernels import build_context
-from .passes import DeadChannels, GroupSparseConv, LowRankConv, MaxPoolKernel, collect_records
+from .passes import DeadChannels, GroupSparseConv, InplaceResidual, LowRankConv, MaxPoolKernel, collect_records
 from .schedules import apply_generic_schedules, unscheduled_funcs
 
 
@@ -81,6 +82,7 @@ def lower(
                 relax.transform.FuseOps(),
                 relax.transform.FuseTIR(),
                 relax.transform.DeadCodeElimination(),
+                InplaceResidual(),
             ]
         )(mod)
     tuning = None

@@ -33,7 +33,7 @@ from ..ir import (
 )
 from ..ir import dtype_of as _dtype
 from ..kernels.depthwise import is_depthwise
-from .kernel_marks import RECORD_ATTR, mark_kernel
+from .kernel_marks import INPLACE_ATTR, RECORD_ATTR, mark_kernel
 from .leftovers import warn_leftovers
 from .uint8_carry import Int8Conv, carry_uint8
 from .winograd_conv import WinogradConv, emit_winograd, winograd_kernels
@@ -204,7 +204,10 @@ class GroupSparseConv:
         base = "gbd_conv_" + name.replace(".", "_")
         if isinstance(func, WinogradConv):
             return with_span(emit_winograd(bb, func, record, base, (data, res), oshape), call.span)
-        gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, record), base)
+        func = mark_kernel(func).with_attr(RECORD_ATTR, record)
+        if has_res and record["compute_dtype"] == "float32" and self.target.kind.name == "llvm":
+            func = func.with_attr(INPLACE_ATTR, len(consts) + 1)  # its args: data, consts, res
+        gv = bb.add_func(func, base)
         if built is not None and int8 is not None:
             q = self.quant[name]
             kernel = functools.partial(self._int8_conv_kernel, dshape, weight, bias, q, kw)

@@ -7,6 +7,14 @@ import tvm
 #: the PrimFunc attribute holding a kernel's per-layer record (read by ``passes.records``)
 RECORD_ATTR = "gbd.layer"
 
+#: the PrimFunc attribute of a kernel whose residual input (this index among its call's tensor
+#: arguments) may be the very buffer it writes its output to: its epilogue reads ``res[i]`` only
+#: to compute ``out[i]``, before storing it (``passes.InplaceResidual``)
+INPLACE_ATTR = "gbd.inplace_residual"
+
+#: the PrimFunc attribute every kernel-library function carries
+KERNEL_ATTR = "gbd.kernel"
+
 #: TIR op_pattern kOpaque: keeps FuseOps / FuseTIR away from the pre-scheduled kernels
 _OPAQUE = 8
 
@@ -18,5 +26,5 @@ def mark_kernel(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     func = func.with_attr("tirx.is_scheduled", True)
     func = func.with_attr("tir.is_scheduled", True)
     func = func.with_attr("op_pattern", _OPAQUE)
-    func = func.with_attr("gbd.kernel", True)
+    func = func.with_attr(KERNEL_ATTR, True)
     return func

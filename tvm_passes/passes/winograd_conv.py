@@ -13,7 +13,7 @@ from tvm import relax, tirx
 from .. import cost_model
 from ..ir import batch_count
 from ..kernels import winograd
-from .kernel_marks import RECORD_ATTR, mark_kernel
+from .kernel_marks import INPLACE_ATTR, RECORD_ATTR, mark_kernel
 
 
 @dataclass(frozen=True)
@@ -53,5 +53,8 @@ def emit_winograd(bb, conv: WinogradConv, record, base, inputs, oshape):
     gargs = [relax.op.reshape(v, v4)] + [relax.const(c) for c in gconsts]
     m = relax.call_tir(gemm, gargs, relax.TensorType(m4, "float32"))
     args = [relax.op.reshape(m, m5)] + [relax.const(c) for c in oconsts] + ([res] if res is not None else [])
-    out = bb.add_func(mark_kernel(fout).with_attr(RECORD_ATTR, record), base)
+    fout = mark_kernel(fout).with_attr(RECORD_ATTR, record)
+    if res is not None:
+        fout = fout.with_attr(INPLACE_ATTR, len(args) - 1)
+    out = bb.add_func(fout, base)
     return relax.call_tir(out, args, relax.TensorType(oshape, "float32"))
