@@ -91,6 +91,12 @@ def build_parser():
         metavar="E",
         help="decompose convs whose PCA rank at error E cuts FLOPs to <= 75%% (basis conv + 1x1; paper 002)",
     )
+    p.add_argument(
+        "--no-batch-chunks",
+        action="store_true",
+        help="at a batch of 8 or more, keep every layer batch-wide (by default the first, memory-bound "
+        "layers run image by image where that pays; docs/formulas.md 1.27)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -147,6 +153,7 @@ def main(argv=None) -> int:
                 dtype=args.dtype,
                 calibration=args.calibration,
                 calibration_method=args.calibration_method,
+                batch_chunks=not args.no_batch_chunks,
             )
     except ExportError as exc:
         print(f"gbd-export: error: {_one_line(exc)}", file=sys.stderr)

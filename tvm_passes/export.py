@@ -161,6 +161,7 @@ def export_model(
     dtype="float32",
     calibration=None,
     calibration_method="percentile",
+    batch_chunks=True,
 ):
     """Compile ``model`` (an ``nn.Module``, an ``ExportedProgram``, or an ONNX model: an ``.onnx``
     path or ``onnx.ModelProto``, verified against ONNX Runtime / ``onnx.reference``) into ``out_dir``.
@@ -177,7 +178,9 @@ def export_model(
     or "int8" on AVX-512 VNNI CPUs: post-training quantization of every conv from ``calibration``
     (inputs as a numpy array, a ``.npy`` path or a run directory holding ``calibration.npy``; the
     input ranges by ``calibration_method``, "percentile" or "minmax"), verified against the
-    fake-quant model (``frontend.calibrate``).
+    fake-quant model (``frontend.calibrate``).  ``batch_chunks``: at a static batch of 8 or more,
+    float32 on the CPU, the layers with the largest maps run image by image where that pays
+    (``batch_chunks``, docs/formulas.md 1.27; recorded as the manifest's ``batch_chunks``).
     """
     t0 = time.time()
     tgt = make_target(target)
@@ -190,17 +193,10 @@ def export_model(
     shape = src.shape
     quant, cal_inputs = _calibrate(src, dtype, calibration, calibration_method)
     stage(1)
-    low = lower(
-        src.program,
-        tgt,
-        sparse=sparse,
-        tune_trials=tune_trials,
-        tune_db=tune_db,
-        log=log,
-        decompose_error=decompose_error,
-        dtype=dtype,
-        quant=quant,
-    )
+    lower_kw = dict(sparse=sparse, tune_trials=tune_trials, tune_db=tune_db, log=log, decompose_error=decompose_error)
+    low = lower(src.program, tgt, dtype=dtype, quant=quant, **lower_kw)
+    if batch_chunks and dtype == "float32" and tgt.kind.name == "llvm" and not src.dynamic:
+        low = _chunk_front(low, src, tgt, lower_kw)
     stage(2)
     ex = compile_module(low.mod, tgt)
     stage(3)
@@ -220,6 +216,25 @@ def export_model(
     stage(len(stages) + 1)
     bar.close()
     return manifest
+
+
+def _chunk_front(low, src, tgt, lower_kw):
+    """``low`` with its front run chunk by chunk (``batch_chunks``) where it has a cut, else ``low``."""
+    import dataclasses
+
+    import torch
+
+    from . import batch_chunks
+
+    cut = batch_chunks.plan(low.mod, src.shape[0])
+    if cut is None or not isinstance(src.program, torch.export.ExportedProgram):
+        return low
+    dtype = getattr(torch, low.imported.input_dtype)
+    small = lower(specialize(src.program, torch.zeros((cut.chunk, *src.shape[1:]), dtype=dtype)), tgt, **lower_kw)
+    mod = batch_chunks.assemble(low.mod, small.mod, cut, src.shape[0])
+    if mod is None:
+        return low
+    return dataclasses.replace(low, mod=mod, front={"front_until": cut.layer, "chunk": cut.chunk})
 
 
 def _calibrate(src, dtype, calibration, method):
@@ -286,6 +301,8 @@ def _write_artifact(out_dir, ex, src, low, tgt, sparse, seconds, source=None, dt
         compile_seconds=seconds,
     )
     manifest["compute_dtype"] = dtype  # of the conv / linear kernels (input / output: float32)
+    if low.front is not None:
+        manifest["batch_chunks"] = low.front
     if source is not None:
         manifest["source"] = os.path.abspath(source)
     write_json(os.path.join(out_dir, MANIFEST), manifest)

@@ -37,6 +37,8 @@ class Lowered:
     decomposed: list  # one dict per conv LowRankConv decomposed
     imported: ImportResult
     tuning: dict | None
+    #: where ``batch_chunks`` runs the front image by image: {"front_until": layer, "chunk": c}
+    front: dict | None = None
 
 
 def gbd_passes(target, *, sparse=True, decompose_error=None, dtype="float32", quant=None) -> tvm.transform.Pass:

@@ -122,8 +122,10 @@ def specialize(ep_or_module, example_input, *, dynamic_batch=False):
                     return ep
             if isinstance(ep_or_module, torch.export.ExportedProgram):
                 # the program's input spec pins its own batch: free it first, then fix the new one
-                free = ({0: torch.export.Dim.AUTO},)
-                module = torch.export.export(module, (example_input,), dynamic_shapes=free).module()
+                # (traced at batch >= 2: a batch of 1 would be specialized, and checked against the old)
+                free = ({0: torch.export.Dim("batch", min=1)},)
+                trace = example_input if shape[0] >= 2 else example_input.expand(2, *shape[1:])
+                module = torch.export.export(module, (trace,), dynamic_shapes=free).module()
             return torch.export.export(module, (example_input,))
     except Exception as exc:  # noqa: BLE001
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -34,7 +34,7 @@ def kernel_records(mod: tvm.IRModule) -> list[dict]:
     out = []
     for b in bindings(mod["main"]):
         call = b.value
-        if not (isinstance(call, relax.Call) and op_name(call) == "relax.call_tir"):
+        if not (isinstance(call, relax.Call) and op_name(call) in ("relax.call_tir", "relax.call_tir_inplace")):
             continue
         gv = call.args[0]
         func = mod[gv]

@@ -1,0 +1,86 @@
+"""batch_chunks (docs/formulas.md 1.27): where the front of a network runs image by image at a
+large batch, and an export that does so matches PyTorch.  The size thresholds are lowered so that
+32x32 inputs stand in for 224x224 ones (the same layers are memory-bound, at a 49th of the size)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from tvm import relax
+
+import tvm_passes
+from tvm_passes import batch_chunks
+from tvm_passes.pipeline import lower
+from tvm_passes.target import make_target
+
+from .test_passes import impose_gbd
+
+LLVM = make_target("llvm")
+
+
+@pytest.fixture
+def small_maps(monkeypatch):
+    monkeypatch.setattr(batch_chunks, "FRONT_MIN_BYTES", (1 << 20) // 49)
+
+
+def _mobilenet():
+    torch.manual_seed(0)
+    return torchvision.models.mobilenet_v2(weights=None).eval()
+
+
+def _lowered(model, batch, sparse=False):
+    ep = torch.export.export(model, (torch.randn(batch, 3, 32, 32),))
+    return lower(ep, LLVM, sparse=sparse).mod
+
+
+@pytest.fixture(scope="module")
+def mobilenet_mods():
+    """A dense MobileNetV2 lowered at batch 8 and at batch 1."""
+    m = _mobilenet()
+    return _lowered(m, 8), _lowered(m, 1)
+
+
+def test_plan_cuts_after_the_big_memory_bound_maps(small_maps, mobilenet_mods):
+    """MobileNetV2: the front ends after block 4's stride-2 depthwise conv, the first small tensor
+    after its last big expansion; a batch under MIN_BATCH, and a dense ResNet-18 (whose only big
+    map comes from a 7x7 stem of 294 FLOPs per value) are not split."""
+    mod_b, _ = mobilenet_mods
+    assert batch_chunks.plan(mod_b, 8) == batch_chunks.Cut("features.4.conv.1.0", 1)
+    assert batch_chunks.plan(mod_b, batch_chunks.MIN_BATCH - 1) is None
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    assert batch_chunks.plan(_lowered(resnet, 8), 8) is None
+
+
+def test_chunked_export_matches_pytorch(tmp_path, small_maps):
+    """A sparse MobileNetV2 at batch 8: main runs ``front`` once per image, then the rest over the
+    batch; the artifact records the cut and matches PyTorch, on calls after the first too."""
+    m = impose_gbd(_mobilenet(), density=0.5, dead=0.1)
+    x = torch.randn(8, 3, 32, 32)
+    man = tvm_passes.export_model(m, x, "llvm", str(tmp_path))
+    assert man["batch_chunks"] == {"front_until": "features.4.conv.1.0", "chunk": 1}
+    assert man["verification"]["passed"]
+    with open(tmp_path / "manifest.json") as f:
+        assert json.load(f)["batch_chunks"]["chunk"] == 1
+    f = tvm_passes.load(tmp_path)
+    for _ in range(2):
+        xs = torch.randn(8, 3, 32, 32)
+        with torch.no_grad():
+            ref = m(xs).numpy()
+        assert np.abs(f(xs).numpy() - ref).max() / np.abs(ref).max() < 1e-5
+
+
+def test_assembled_main_calls_front_per_image(small_maps, mobilenet_mods):
+    """main calls the front once per image; the front's kernels are the batch-1 module's."""
+    mod_b, mod_c = mobilenet_mods
+    cut = batch_chunks.plan(mod_b, 8)
+    mod = batch_chunks.assemble(mod_b, mod_c, cut, 8)
+    calls = [
+        b.value
+        for b in mod["main"].body.blocks[0].bindings
+        if isinstance(b.value, relax.Call) and getattr(b.value.op, "name_hint", None) == "front"
+    ]
+    assert len(calls) == 8
+    front = [g.name_hint for g in mod.get_global_vars() if g.name_hint.startswith("gbd_conv_features_1_")]
+    assert front and all(n.endswith("_front") for n in front)  # the batch's own front kernels are gone
