@@ -82,15 +82,15 @@ def _layer(mod, value) -> str | None:
     return None if name is None else str(name)
 
 
-def _front_of(binds, k, param):
-    """Indices of the bindings up to ``k`` when binding k's var alone carries the front into the
-    rest (nothing after k reads another front var or the input), else None."""
+def _carries_front(binds, k, param) -> bool:
+    """Whether binding k's var alone carries the bindings up to k into the rest: nothing after k
+    reads another of their vars, or the input."""
     front = {b.var for b in binds[: k + 1]}
     for b in binds[k + 1 :]:
         used = set(relax.analysis.free_vars(b.value))
         if param in used or (used & front) - {binds[k].var}:
-            return None
-    return list(range(k + 1))
+            return False
+    return True
 
 
 def plan(mod: tvm.IRModule, batch: int) -> Cut | None:
@@ -103,7 +103,7 @@ def plan(mod: tvm.IRModule, batch: int) -> Cut | None:
     for k in range(big[-1] + 1 if big else len(binds), len(binds) - 1):
         name, shape = _layer(mod, binds[k].value), static_shape(binds[k].var)
         small = shape is not None and 4 * np.prod(shape[1:]) < FRONT_MIN_BYTES  # cheap to place
-        if name is not None and small and _front_of(binds, k, main.params[0]) is not None:
+        if name is not None and small and _carries_front(binds, k, main.params[0]):
             share = _flops(mod, binds[: k + 1]) / max(_flops(mod, binds), 1)
             return Cut(name, CHUNK) if share <= MAX_FRONT_SHARE else None
     return None
@@ -122,35 +122,23 @@ def _flops(mod, binds) -> int:
     return sum(int(_record(mod, b.value).get("flops_executed", 0)) for b in binds)
 
 
-def _copy_kernels(item_shape, chunk, batch):
-    """(slice, place): x[B] -> x[off : off + c] and y[c] -> dst[off : off + c], ``off`` a flat
-    element offset; whole vectors, parallel.  In S-TIR form (one root block), as the dataflow
-    passes expect of every call_tir callee."""
-    n = chunk * int(np.prod(item_shape))
-    whole, part = (batch, *item_shape), (chunk, *item_shape)
-    total, nv = n * batch // chunk, n // _LANES
+def _copy_kernel(src_shape, dst_shape, n):
+    """``dst[d : d + n] = src[s : s + n]`` over the flat elements (``s``, ``d``: int64 arguments),
+    in whole vectors, parallel: one chunk cut out of the batch, or placed back into it.  In S-TIR
+    form (one root block), as the dataflow passes expect of every call_tir callee."""
+    ns, nd = int(np.prod(src_shape)), int(np.prod(dst_shape))
 
     @T.prim_func(private=True, s_tir=True)
-    def slice_(x: T.Buffer(whole, "float32"), off: T.int64, out: T.Buffer(part, "float32")):
+    def copy(src: T.Buffer(src_shape, "float32"), s: T.int64, d: T.int64, dst: T.Buffer(dst_shape, "float32")):
         T.func_attr({"tir.noalias": True})
         with T.sblock("root"):
-            xf = T.decl_buffer((total,), "float32", data=x.data)
-            of = T.decl_buffer((n,), "float32", data=out.data)
-            for i in T.parallel(nv):
+            sf = T.decl_buffer((ns,), "float32", data=src.data)
+            df = T.decl_buffer((nd,), "float32", data=dst.data)
+            for i in T.parallel(n // _LANES):
                 for j in T.vectorized(_LANES):
-                    of[i * _LANES + j] = xf[off + T.int64(i * _LANES + j)]
+                    df[d + T.int64(i * _LANES + j)] = sf[s + T.int64(i * _LANES + j)]
 
-    @T.prim_func(private=True, s_tir=True)
-    def place(y: T.Buffer(part, "float32"), off: T.int64, dst: T.Buffer(whole, "float32")):
-        T.func_attr({"tir.noalias": True})
-        with T.sblock("root"):
-            yf = T.decl_buffer((n,), "float32", data=y.data)
-            df = T.decl_buffer((total,), "float32", data=dst.data)
-            for i in T.parallel(nv):
-                for j in T.vectorized(_LANES):
-                    df[off + T.int64(i * _LANES + j)] = yf[i * _LANES + j]
-
-    return mark_kernel(slice_), mark_kernel(place)
+    return mark_kernel(copy)
 
 
 def _with_callee(call, gv):
@@ -167,8 +155,8 @@ def _front_function(bb, mod_c, cut):
     """``front`` (the chunk module's main up to the cut, its kernels renamed into ``bb``), or None."""
     main = mod_c["main"]
     binds = _block(main)
-    k = None if binds is None else _cut_index(mod_c, binds, cut.layer)
-    if k is None or _front_of(binds, k, main.params[0]) is None:
+    k = None if binds is None or len(main.params) != 1 else _cut_index(mod_c, binds, cut.layer)
+    if k is None or not _carries_front(binds, k, main.params[0]):
         return None
     renamed, body = {}, []
     for b in binds[: k + 1]:
@@ -191,20 +179,20 @@ def _chunk_bindings(bb, x, front, cut_ty, chunk, batch):
     """The bindings that run ``front`` on each chunk of ``x`` and place the results in one tensor
     of ``cut_ty``; returns (bindings, that tensor's var)."""
     xs, ys = static_shape(x)[1:], tuple(int(d) for d in cut_ty.shape.values)[1:]
-    slice_, _ = _copy_kernels(xs, chunk, batch)
-    _, place = _copy_kernels(ys, chunk, batch)
-    g_slice, g_place = bb.add_func(slice_, "chunk_slice"), bb.add_func(place, "chunk_place")
     nx, ny = chunk * int(np.prod(xs)), chunk * int(np.prod(ys))
+    g_slice = bb.add_func(_copy_kernel((batch, *xs), (chunk, *xs), nx), "chunk_slice")
+    g_place = bb.add_func(_copy_kernel((chunk, *ys), (batch, *ys), ny), "chunk_place")
     out, dst = [], None
     for i in range(batch // chunk):
         xi = relax.DataflowVar(f"x_chunk{i}", relax.TensorType((chunk, *xs), "float32"))
-        out.append(relax.VarBinding(xi, relax.call_tir(g_slice, [x, _i64(i * nx)], type_of(xi))))
+        out.append(relax.VarBinding(xi, relax.call_tir(g_slice, [x, _i64(i * nx), _i64(0)], type_of(xi))))
         yi = relax.DataflowVar(f"front{i}", relax.TensorType((chunk, *ys), "float32"))
         out.append(relax.VarBinding(yi, relax.Call(front, [xi])))
+        args = [yi, _i64(0), _i64(i * ny)]
         value = (
-            relax.call_tir(g_place, [yi, _i64(i * ny)], cut_ty)
-            if dst is None
-            else relax.op.call_tir_inplace(g_place, [yi, _i64(i * ny), dst], [2], cut_ty)
+            relax.call_tir(g_place, args, cut_ty)
+            if dst is None  # a new tensor of the batch, whose other images the next chunks write
+            else relax.op.call_tir_inplace(g_place, [*args, dst], [3], cut_ty)
         )
         dst = relax.DataflowVar(f"placed{i}", cut_ty)
         out.append(relax.VarBinding(dst, value))
@@ -221,7 +209,7 @@ def assemble(mod_b: tvm.IRModule, mod_c: tvm.IRModule, cut: Cut, batch: int) -> 
     main = mod_b["main"]
     binds = _block(main)
     k = None if binds is None else _cut_index(mod_b, binds, cut.layer)
-    if k is None or _front_of(binds, k, main.params[0]) is None:
+    if k is None or not _carries_front(binds, k, main.params[0]):
         return None
     cut_ty, xshape = type_of(binds[k].var), static_shape(main.params[0])
     sizes = (cut.chunk * int(np.prod(xshape[1:])), cut.chunk * int(np.prod(static_shape(binds[k].var)[1:])))
