@@ -287,6 +287,20 @@ def test_dead_input_maps_removed_from_producer_and_consumer():
     assert rel_err(run_relax(mod, x), m(x).detach().numpy()) < 1e-5
 
 
+def test_dead_maps_through_relu6():
+    """A ReLU6 between producer and consumer (a clip whose bounds are scalar constants) follows
+    the producer's maps; its bounds are not sliced."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        m[2].weight[:, [2, 6]] = 0
+    imp = import_program(export(m, (1, 3, 10, 10)))
+    mod = DeadChannels()(imp.mod)
+    assert dead_counts(imp.mod, mod)["0"]["output_maps_removed"] == 2
+    x = torch.randn(1, 3, 10, 10)
+    assert rel_err(run_relax(mod, x), m(x).detach().numpy()) < 1e-5
+
+
 def test_dead_maps_kept_when_another_use_reads_them():
     class Res(nn.Module):
         def __init__(self):

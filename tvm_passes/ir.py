@@ -20,9 +20,10 @@ def is_constant(expr) -> bool:
 
 
 def const_numpy(expr) -> np.ndarray:
-    """numpy value of a Relax constant (``.value`` in TVM 0.27, ``.data`` before)."""
+    """numpy value of a Relax constant (``.value`` in TVM 0.27, ``.data`` before; a scalar constant,
+    such as the bounds of a ReLU6's clip, holds a Python number)."""
     val = expr.value if hasattr(expr, "value") else expr.data
-    return val.numpy()
+    return val.numpy() if hasattr(val, "numpy") else np.asarray(val)
 
 
 def type_of(expr):
