@@ -95,3 +95,15 @@ def test_assembled_main_calls_front_per_image(small_maps, mods):
     assert len(calls) == 8
     front = [g.name_hint for g in mod.get_global_vars() if g.name_hint.startswith("gbd_conv_expand")]
     assert front and all(n.endswith("_front") for n in front)  # the batch's own front kernels are gone
+
+
+def test_failed_chunking_keeps_the_batch_wide_export(tmp_path, small_maps, monkeypatch):
+    """Where the front cannot be built, the export warns in one line and stays batch-wide."""
+
+    def broken(*args):
+        raise RuntimeError("no front here")
+
+    monkeypatch.setattr(batch_chunks, "assemble", broken)
+    with pytest.warns(UserWarning, match="every layer stays batch-wide .*no front here"):
+        man = tvm_passes.export_model(_inverted(), torch.randn(8, 3, 32, 32), "llvm", str(tmp_path))
+    assert "batch_chunks" not in man and man["verification"]["passed"]

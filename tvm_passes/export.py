@@ -230,8 +230,13 @@ def _chunk_front(low, src, tgt, lower_kw):
     if cut is None or not isinstance(src.program, torch.export.ExportedProgram):
         return low
     dtype = getattr(torch, low.imported.input_dtype)
-    small = lower(specialize(src.program, torch.zeros((cut.chunk, *src.shape[1:]), dtype=dtype)), tgt, **lower_kw)
-    mod = batch_chunks.assemble(low.mod, small.mod, cut, src.shape[0])
+    try:
+        small = lower(specialize(src.program, torch.zeros((cut.chunk, *src.shape[1:]), dtype=dtype)), tgt, **lower_kw)
+        mod = batch_chunks.assemble(low.mod, small.mod, cut, src.shape[0])
+    except Exception as exc:  # noqa: BLE001 - an optimisation: the batch-wide module is complete
+        msg = " ".join(str(exc).split())[:200]
+        warnings.warn(f"gbd-export: every layer stays batch-wide ({type(exc).__name__}: {msg})", stacklevel=2)
+        return low
     if mod is None:
         return low
     return dataclasses.replace(low, mod=mod, front={"front_until": cut.layer, "chunk": cut.chunk})

@@ -44,21 +44,24 @@ class CompiledModel:
         #: shape is the same)
         self._inputs = threading.local()
 
-    @property
-    def vm(self):
-        """This thread's ``relax.VirtualMachine`` (made on its first call)."""
-        vm = getattr(self._vms, "vm", None)
-        if vm is None:
+    def _thread_vm(self):
+        """This thread's VM and its ``main`` (made on the thread's first call)."""
+        vms = self._vms
+        if getattr(vms, "vm", None) is None:
             from tvm import relax
 
-            vm = self._vms.vm = relax.VirtualMachine(self._lib, self.device)
-            self._vms.main = vm["main"]
-        return vm
+            vms.vm = relax.VirtualMachine(self._lib, self.device)
+            vms.main = vms.vm["main"]
+        return vms
+
+    @property
+    def vm(self):
+        """This thread's ``relax.VirtualMachine``."""
+        return self._thread_vm().vm
 
     @property
     def _main(self):
-        main = getattr(self._vms, "main", None)
-        return main if main is not None else (self.vm, self._vms.main)[1]
+        return self._thread_vm().main
 
     def __repr__(self):
         return f"CompiledModel({self.out_dir!r}, input={list(self.input_shape)}, device={self.device})"
@@ -165,7 +168,7 @@ def load(out_dir, *, device=None, check_sha=True, threads=None) -> CompiledModel
         with contextlib.suppress(OSError):
             os.remove(private)
     model = CompiledModel(out_dir, manifest, lib, device)
-    model.vm  # noqa: B018 - the loading thread's VM, so a broken library fails here, not at the first call
+    model._thread_vm()  # the loading thread's VM: a broken library fails here, not at the first call
     with _LOCK:
         _CACHE[key] = model
     return model
