@@ -29,7 +29,7 @@ import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
-from .ir import op_name, static_shape, type_of
+from .ir import TIR_CALLS, func_attr, op_name, static_shape, tir_callee, type_of
 from .passes.kernel_marks import RECORD_ATTR, mark_kernel
 
 #: a tensor of at least this many bytes per image is in the front (about one core's L2 here; a
@@ -49,7 +49,6 @@ MIN_BATCH = 8
 #: images per front call (ResNet-50's front: 1 image 144 ms, 2: 150, 4: 175; ad-hoc as above)
 CHUNK = 1
 _LANES = 16
-_CALLS = ("relax.call_tir", "relax.call_tir_inplace")
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,7 @@ def _block(func):
 
 def _record(mod, value) -> dict:
     """The record of the kernel a binding calls ({} for anything else)."""
-    if op_name(value) not in _CALLS:
-        return {}
-    func = mod[value.args[0]]
-    rec = func.attrs.get(RECORD_ATTR) if func.attrs is not None else None
+    rec = func_attr(tir_callee(mod, value), RECORD_ATTR)
     return {} if rec is None else dict(rec.items())
 
 
@@ -161,11 +157,11 @@ def _front_function(bb, mod_c, cut):
     renamed, body = {}, []
     for b in binds[: k + 1]:
         value = b.value
-        if op_name(value) in _CALLS:
+        if op_name(value) in TIR_CALLS:
             gv = value.args[0]
             if gv not in renamed:
                 func = mod_c[gv]
-                func = func.without_attr(RECORD_ATTR) if func.attrs is not None and RECORD_ATTR in func.attrs else func
+                func = func.without_attr(RECORD_ATTR) if func_attr(func, RECORD_ATTR) is not None else func
                 renamed[gv] = bb.add_func(func, gv.name_hint + "_front")  # the records are the batch's
             value = _with_callee(value, renamed[gv])
         body.append(relax.VarBinding(b.var, value, b.span))
@@ -212,8 +208,10 @@ def assemble(mod_b: tvm.IRModule, mod_c: tvm.IRModule, cut: Cut, batch: int) -> 
     if k is None or not _carries_front(binds, k, main.params[0]):
         return None
     cut_ty, xshape = type_of(binds[k].var), static_shape(main.params[0])
+    if xshape is None or str(cut_ty.dtype) != "float32":
+        return None
     sizes = (cut.chunk * int(np.prod(xshape[1:])), cut.chunk * int(np.prod(static_shape(binds[k].var)[1:])))
-    if any(n % _LANES for n in sizes) or str(cut_ty.dtype) != "float32" or static_shape(main.params[0]) is None:
+    if any(n % _LANES for n in sizes):
         return None
     bb = relax.BlockBuilder(mod_b)
     front = _front_function(bb, mod_c, cut)

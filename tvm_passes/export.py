@@ -226,8 +226,10 @@ def _chunk_front(low, src, tgt, lower_kw):
 
     from . import batch_chunks
 
+    if not isinstance(src.program, torch.export.ExportedProgram):
+        return low  # an ONNX import: no program to lower again at another batch
     cut = batch_chunks.plan(low.mod, src.shape[0])
-    if cut is None or not isinstance(src.program, torch.export.ExportedProgram):
+    if cut is None:
         return low
     dtype = getattr(torch, low.imported.input_dtype)
     try:

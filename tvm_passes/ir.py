@@ -54,6 +54,24 @@ def op_name(expr) -> str | None:
     return None
 
 
+#: the Relax ops that call a TIR PrimFunc (its GlobalVar is their first argument)
+TIR_CALLS = ("relax.call_tir", "relax.call_tir_inplace")
+
+
+def tir_callee(mod, expr):
+    """The PrimFunc of ``mod`` that a call_tir / call_tir_inplace ``expr`` calls, else None."""
+    if op_name(expr) not in TIR_CALLS:
+        return None
+    gv = expr.args[0]
+    func = mod[gv] if isinstance(gv, tvm.ir.GlobalVar) and gv in mod.functions else None
+    return func if isinstance(func, tvm.tirx.PrimFunc) else None
+
+
+def func_attr(func, key):
+    """``func``'s attribute ``key``; None when ``func`` is None or has no such attribute."""
+    return None if func is None or func.attrs is None or key not in func.attrs else func.attrs[key]
+
+
 def layer_name(expr) -> str | None:
     """The layer name the import put on this call's span (None if it has none)."""
     span = getattr(expr, "span", None)

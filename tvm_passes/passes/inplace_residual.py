@@ -25,23 +25,8 @@ import tvm
 from tvm import relax
 from tvm_ffi import structural_equal
 
-from ..ir import type_of, with_span
+from ..ir import func_attr, tir_callee, type_of, with_span
 from .kernel_marks import INPLACE_ATTR, KERNEL_ATTR
-
-
-def _callee(mod, call):
-    """The PrimFunc a call_tir / call_tir_inplace calls, else None."""
-    if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
-        return None
-    if call.op.name not in ("relax.call_tir", "relax.call_tir_inplace"):
-        return None
-    gv = call.args[0]
-    func = mod[gv] if isinstance(gv, tvm.ir.GlobalVar) and gv in mod.functions else None
-    return func if isinstance(func, tvm.tirx.PrimFunc) else None
-
-
-def _attr(func, key):
-    return None if func is None or func.attrs is None or key not in func.attrs else func.attrs[key]
 
 
 @tvm.transform.module_pass(opt_level=0, name="InplaceResidual")
@@ -70,10 +55,10 @@ def _rewrite_block(mod, block, bb):
         for v in relax.analysis.free_vars(b.value):
             last_use[v] = i
     for i, b in enumerate(bindings):
-        func = _callee(mod, b.value)
-        if _attr(func, KERNEL_ATTR):
+        func = tir_callee(mod, b.value)
+        if func_attr(func, KERNEL_ATTR):
             made_by_kernel.add(b.var)
-        k = _attr(func, INPLACE_ATTR)
+        k = func_attr(func, INPLACE_ATTR)
         if k is None or b.value.op.name != "relax.call_tir":
             continue
         args = list(b.value.args[1].fields)

@@ -11,12 +11,11 @@ imported weight through the core (``lightning_gbd.core.groups``), like every oth
 from __future__ import annotations
 
 import tvm
-from tvm import relax
 
 from lightning_gbd.core.groups import conv_flops, density, group_mask
 from lightning_gbd.core.lowrank import live_pair_flop_ratio, pca_factors
 
-from ..ir import batch_count, bindings, const_numpy, is_constant, layer_name, op_name
+from ..ir import batch_count, bindings, const_numpy, func_attr, is_constant, layer_name, op_name, tir_callee
 from .kernel_marks import RECORD_ATTR
 
 
@@ -33,13 +32,9 @@ def kernel_records(mod: tvm.IRModule) -> list[dict]:
     """The records of the GBD kernels called from ``main``, in call order (``kernel`` = its name)."""
     out = []
     for b in bindings(mod["main"]):
-        call = b.value
-        if not (isinstance(call, relax.Call) and op_name(call) in ("relax.call_tir", "relax.call_tir_inplace")):
-            continue
-        gv = call.args[0]
-        func = mod[gv]
-        if func.attrs is not None and RECORD_ATTR in func.attrs:
-            out.append({**_plain(func.attrs[RECORD_ATTR]), "kernel": gv.name_hint})
+        rec = func_attr(tir_callee(mod, b.value), RECORD_ATTR)
+        if rec is not None:
+            out.append({**_plain(rec), "kernel": b.value.args[0].name_hint})
     return out
 
 
