@@ -14,6 +14,7 @@ from tvm import relax
 
 import tvm_passes
 from tvm_passes import batch_chunks
+from tvm_passes.kernels import expand_depthwise
 from tvm_passes.pipeline import lower
 from tvm_passes.target import make_target
 
@@ -25,6 +26,8 @@ LLVM = make_target("llvm")
 @pytest.fixture
 def small_maps(monkeypatch):
     monkeypatch.setattr(batch_chunks, "FRONT_MIN_BYTES", 128 << 10)
+    # the expansion stays its own memory-bound kernel (not fused with the depthwise conv after it)
+    monkeypatch.setattr(expand_depthwise, "MIN_EXPANDED_BYTES", 1 << 40)
 
 
 def _inverted():
@@ -48,9 +51,11 @@ def _lowered(model, batch, sparse=False):
 
 @pytest.fixture(scope="module")
 def mods():
-    """The network lowered (dense) at batch 8 and at batch 1."""
+    """The network lowered (dense) at batch 8 and at batch 1 (the expansion unfused, as in small_maps)."""
     m = _inverted()
-    return _lowered(m, 8), _lowered(m, 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(expand_depthwise, "MIN_EXPANDED_BYTES", 1 << 40)
+        return _lowered(m, 8), _lowered(m, 1)
 
 
 def test_plan_cuts_after_the_big_memory_bound_maps(small_maps, mods):

@@ -67,9 +67,15 @@ def _block(func):
 
 
 def _record(mod, value) -> dict:
-    """The record of the kernel a binding calls ({} for anything else)."""
+    """The record of the kernel a binding calls ({} for anything else); a kernel of several layers
+    (passes.expand_depthwise): the last one's name, all their FLOPs."""
     rec = func_attr(tir_callee(mod, value), RECORD_ATTR)
-    return {} if rec is None else dict(rec.items())
+    if rec is None:
+        return {}
+    if hasattr(rec, "items"):
+        return dict(rec.items())
+    flops = sum(int(r.get("flops_executed", 0)) for r in rec)
+    return {**dict(rec[-1].items()), "flops_executed": flops}
 
 
 def _layer(mod, value) -> str | None:

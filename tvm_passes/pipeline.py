@@ -2,8 +2,9 @@
 
 Order (paper 000 section 3 / docs/formulas.md section 1 for the two GBD passes):
 import (BN folded, constants folded, layers named) -> dead input maps removed (pass 2) ->
-optional low-rank decomposition -> conv / linear to kernel-library call_tir (pass 1, cost model
-per conv; int8: uint8 tensors between the convs) -> max-pools to the library's kernel (CPU) ->
+optional low-rank decomposition -> a 1x1 expansion and the stride-2 depthwise conv after it as
+one kernel (CPU float32) -> conv / linear to kernel-library call_tir (pass 1, cost model per
+conv; int8: uint8 tensors between the convs) -> max-pools to the library's kernel (CPU) ->
 LegalizeOps + fusion of the rest -> fused skip connections written over their dead residual ->
 generic schedules (or a meta_schedule database) ->
 ``tvm.compile``.  The per-layer records are read off the result by one analysis.
@@ -20,7 +21,15 @@ from tvm import relax
 
 from .frontend import ImportResult, import_program
 from .kernels import build_context
-from .passes import DeadChannels, GroupSparseConv, InplaceResidual, LowRankConv, MaxPoolKernel, collect_records
+from .passes import (
+    DeadChannels,
+    FuseExpandDepthwise,
+    GroupSparseConv,
+    InplaceResidual,
+    LowRankConv,
+    MaxPoolKernel,
+    collect_records,
+)
 from .schedules import apply_generic_schedules, unscheduled_funcs
 
 
@@ -46,6 +55,8 @@ def gbd_passes(target, *, sparse=True, decompose_error=None, dtype="float32", qu
     passes = [DeadChannels()] if sparse else []
     if decompose_error is not None:
         passes.append(LowRankConv(decompose_error))
+    if dtype == "float32":
+        passes.append(FuseExpandDepthwise(target, sparse=sparse))
     passes.append(GroupSparseConv(target, sparse=sparse, dtype=dtype, quant=quant))
     passes.append(MaxPoolKernel(target))
     return tvm.transform.Sequential(passes, name="GBDPasses")

@@ -2,6 +2,7 @@
 and the one analysis that reads the per-layer records off the lowered module."""
 
 from .dead_channels import DeadChannels
+from .expand_depthwise import FuseExpandDepthwise
 from .group_sparse_conv import GroupSparseConv
 from .inplace_residual import InplaceResidual
 from .kernel_marks import RECORD_ATTR
@@ -11,6 +12,7 @@ from .records import collect_records, kernel_records
 
 __all__ = [
     "DeadChannels",
+    "FuseExpandDepthwise",
     "GroupSparseConv",
     "InplaceResidual",
     "LowRankConv",

@@ -64,6 +64,27 @@ def use_counts(func: relax.Function) -> dict:
     return {value: counts.get(var, 0) for var, value in var_of.items()}
 
 
+def conv_record(name, dshape, weight, oshape, attrs, has_bias, dec, residual=False) -> dict:
+    """The manifest record of one conv kernel (``attrs``: stride, padding, dilation, groups, relu;
+    ``dec``: the cost model's decision); a float32 kernel's unless its compute dtype is set after."""
+    return {
+        "name": name,
+        "op": "conv2d",
+        "input_shape": shape_record(dshape),
+        "weight_shape": [int(v) for v in weight.shape],
+        "output_shape": shape_record(oshape),
+        "stride": list(attrs["stride"]),
+        "padding": list(attrs["padding"]),
+        "dilation": list(attrs["dilation"]),
+        "groups": int(attrs["groups"]),
+        "fused_bias": bool(has_bias),
+        "fused_relu": attrs["relu"],
+        "fused_residual": residual,
+        **dec.as_dict(),
+        "compute_dtype": "float32",
+    }
+
+
 @tvm.transform.module_pass(opt_level=0, name="GroupSparseConv")
 class GroupSparseConv:
     """Rewrite convs and linear layers with constant weights into kernel-library call_tir.
@@ -185,22 +206,8 @@ class GroupSparseConv:
         if kernel is None:
             return expr
         func, consts, built, dec = kernel
-        record = {
-            "name": name,
-            "op": "conv2d",
-            "input_shape": shape_record(dshape),
-            "weight_shape": [int(v) for v in weight.shape],
-            "output_shape": shape_record(oshape),
-            "stride": list(attrs["stride"]),
-            "padding": list(attrs["padding"]),
-            "dilation": list(attrs["dilation"]),
-            "groups": groups,
-            "fused_bias": bias is not None,
-            "fused_relu": has_relu,
-            "fused_residual": has_res,
-            **dec.as_dict(),
-            **self._quant_record(name, weight, built),
-        }
+        record = conv_record(name, dshape, weight, oshape, attrs, bias is not None, dec, residual=has_res)
+        record.update(self._quant_record(name, weight, built))
         base = "gbd_conv_" + name.replace(".", "_")
         if isinstance(func, WinogradConv):
             return with_span(emit_winograd(bb, func, record, base, (data, res), oshape), call.span)

@@ -29,12 +29,14 @@ def _plain(value):
 
 
 def kernel_records(mod: tvm.IRModule) -> list[dict]:
-    """The records of the GBD kernels called from ``main``, in call order (``kernel`` = its name)."""
+    """The records of the GBD kernels called from ``main``, in call order (``kernel`` = its name;
+    a kernel of several layers gives each its record)."""
     out = []
     for b in bindings(mod["main"]):
         rec = func_attr(tir_callee(mod, b.value), RECORD_ATTR)
         if rec is not None:
-            out.append({**_plain(rec), "kernel": b.value.args[0].name_hint})
+            rec = _plain(rec)  # a list where one kernel computes several layers (passes.expand_depthwise)
+            out.extend({**r, "kernel": b.value.args[0].name_hint} for r in (rec if isinstance(rec, list) else [rec]))
     return out
 
 
