@@ -98,15 +98,16 @@ class FuseExpandDepthwise:
             return expr
         data, ((c1, w1, b1, a1), (c2, wd, bd, a2)), oshape = found
         dshape = kernel_shape(data)
-        a = a2
-        tile = expand_depthwise.plan(dshape, w1.shape, wd.shape, a["stride"], a["padding"], a["dilation"], a["groups"])
+        tile = expand_depthwise.plan(
+            dshape, w1.shape, wd.shape, *(a2[k] for k in ("stride", "padding", "dilation", "groups"))
+        )
         if tile is None:
             return expr
         eshape = kernel_shape(c1)
         dec1 = cost_model.decide(dshape, w1, eshape, 1, sparse=self.sparse)
         if dec1.decision != "dense":
             return expr  # a gather-GEMM 1x1 (never after DeadChannels): its own kernel
-        dec2 = cost_model.depthwise(cost_model.decide(eshape, wd, oshape, a["groups"], sparse=self.sparse))
+        dec2 = cost_model.depthwise(cost_model.decide(eshape, wd, oshape, a2["groups"], sparse=self.sparse))
         names = [layer_name(c) or f"expand_depthwise{i}" for i, c in enumerate((c1, c2))]
         records = [
             conv_record(names[0], dshape, w1, eshape, a1, True, dec1),
@@ -114,7 +115,6 @@ class FuseExpandDepthwise:
         ]
         for rec, other in zip(records, names[::-1]):
             rec["reason"] += f"; one kernel with {other} (the expanded maps stay in cache, formula 1.28)"
-
         func, consts = expand_depthwise.expand_depthwise_conv2d(dshape, w1, b1, a1["relu"], wd, bd, a2["relu"], tile)
         gv = bb.add_func(mark_kernel(func).with_attr(RECORD_ATTR, records), "gbd_conv_" + names[1].replace(".", "_"))
         args = [data] + [relax.const(c) for c in consts]
