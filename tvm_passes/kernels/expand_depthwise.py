@@ -84,6 +84,25 @@ def plan(data_shape, expand_shape, dw_shape, stride, padding, dilation, groups):
     return (cu, cb, max(fits)) if fits else None
 
 
+_EVEN, _ODD = [2 * i for i in range(_LANES)], [2 * i + 1 for i in range(_LANES)]
+
+
+def _vec(E, c, r, a):
+    return E[c, r, T.ramp(a, 1, _LANES)]
+
+
+def _taps(E, wd, ch, c, r, st, i):
+    """Row i of the 3x3 taps of 16 outputs from column 2 st: two loads split into even and odd
+    columns (and the even ones of the two loads one column pair on)."""
+    a, b = _vec(E, c, r, 2 * st), _vec(E, c, r, 2 * st + _LANES)
+    a2, b2 = _vec(E, c, r, 2 * st + 2), _vec(E, c, r, 2 * st + _LANES + 2)
+    return (
+        T.Broadcast(wd[ch, i, 0], _LANES) * T.Shuffle([a, b], _EVEN)
+        + T.Broadcast(wd[ch, i, 1], _LANES) * T.Shuffle([a, b], _ODD)
+        + T.Broadcast(wd[ch, i, 2], _LANES) * T.Shuffle([a2, b2], _EVEN)
+    )
+
+
 def _kernel(N, K, C, H, W, tile, relu1, relu2):
     """The PrimFunc (x, w1 [C / CU, K, CU], b1, wd [C, 3, 3], bd, out) of the module doc."""
     CU, CB, RB = tile
@@ -91,19 +110,6 @@ def _kernel(N, K, C, H, W, tile, relu1, relu2):
     NV, NVO = -(-W // _LANES), -(-OW // _LANES)
     R, ncb, nb = 2 * RB + 1, C // CB, OH // RB
     nct = CB // CU
-    even, odd = [2 * i for i in range(_LANES)], [2 * i + 1 for i in range(_LANES)]
-
-    def vec(E, c, r, a):
-        return E[c, r, T.ramp(a, 1, _LANES)]
-
-    def taps(E, wd, ch, c, r, st, i):  # row i of the 3x3 taps of 16 outputs from column 2 st
-        a, b = vec(E, c, r, 2 * st), vec(E, c, r, 2 * st + _LANES)
-        a2, b2 = vec(E, c, r, 2 * st + 2), vec(E, c, r, 2 * st + _LANES + 2)
-        return (
-            T.Broadcast(wd[ch, i, 0], _LANES) * T.Shuffle([a, b], even)
-            + T.Broadcast(wd[ch, i, 1], _LANES) * T.Shuffle([a, b], odd)
-            + T.Broadcast(wd[ch, i, 2], _LANES) * T.Shuffle([a2, b2], even)
-        )
 
     # no Let variables: inside the parallel body TVM kept them in memory, reloaded at every use
     @T.prim_func(s_tir=False)
@@ -163,9 +169,9 @@ def _kernel(N, K, C, H, W, tile, relu1, relu2):
                         T.ramp(T.min(v * 16, OW - 16), 1, 16),
                     ] = _act(
                         T.Broadcast(bd[task // nb % ncb * CB + c], _LANES)
-                        + taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2, T.min(v * 16, OW - 16), 0)
-                        + taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2 + 1, T.min(v * 16, OW - 16), 1)
-                        + taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2 + 2, T.min(v * 16, OW - 16), 2),
+                        + _taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2, T.min(v * 16, OW - 16), 0)
+                        + _taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2 + 1, T.min(v * 16, OW - 16), 1)
+                        + _taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2 + 2, T.min(v * 16, OW - 16), 2),
                         relu2,
                         _LANES,
                     )
