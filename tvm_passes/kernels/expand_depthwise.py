@@ -25,6 +25,7 @@ import numpy as np
 from tvm.script import tirx as T
 
 from .depthwise import is_depthwise
+from .te_defs import _epilogue
 
 #: bytes of one task's expanded rows (about a quarter of a core's L2 here)
 BAND_BYTES = 256 << 10
@@ -37,17 +38,6 @@ _LANES = 16
 #: accumulator tile bytes at most: TVM keeps buffers under 1 KB on the stack, larger ones in the
 #: heap workspace, where LLVM cannot keep them in registers (3x slower)
 _TILE_BYTES = 1023
-
-
-def _act(v, relu, lanes=1):
-    """relu?(v) as te_defs._epilogue: False / None, True, or the upper bound of a ReLU6."""
-    if relu is False or relu is None:
-        return v
-    zero = T.float32(0) if lanes == 1 else T.Broadcast(T.float32(0), lanes)
-    v = T.max(v, zero)
-    if relu is True:
-        return v
-    return T.min(v, T.float32(float(relu)) if lanes == 1 else T.Broadcast(T.float32(float(relu)), lanes))
 
 
 def plan(data_shape, expand_shape, dw_shape, stride, padding, dilation, groups):
@@ -144,14 +134,14 @@ def _kernel(N, K, C, H, W, tile, relu1, relu2):
                                                 task // (ncb * nb),
                                                 k,
                                                 task % nb * RB * 2 - 1 + r,
-                                                T.min(v * 16, W - 16) + lane,
+                                                T.min(v * _LANES, W - _LANES) + lane,
                                             ]
                                         )
                         for c in T.unroll(CU):
                             for v in T.unroll(NV):
                                 for lane in T.vectorized(_LANES):
-                                    E[ct * CU + c, r, T.min(v * 16, W - 16) + lane + 1] = _act(
-                                        acc[c, v, lane] + b1[task // nb % ncb * CB + ct * CU + c], relu1
+                                    E[ct * CU + c, r, T.min(v * _LANES, W - _LANES) + lane + 1] = _epilogue(
+                                        acc[c, v, lane], b1[task // nb % ncb * CB + ct * CU + c], None, relu1
                                     )
                 else:
                     for c in range(CB):
@@ -166,14 +156,14 @@ def _kernel(N, K, C, H, W, tile, relu1, relu2):
                         task // (ncb * nb),
                         task // nb % ncb * CB + c,
                         task % nb * RB + ohi,
-                        T.ramp(T.min(v * 16, OW - 16), 1, 16),
-                    ] = _act(
-                        T.Broadcast(bd[task // nb % ncb * CB + c], _LANES)
-                        + _taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2, T.min(v * 16, OW - 16), 0)
-                        + _taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2 + 1, T.min(v * 16, OW - 16), 1)
-                        + _taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2 + 2, T.min(v * 16, OW - 16), 2),
+                        T.ramp(T.min(v * _LANES, OW - _LANES), 1, _LANES),
+                    ] = _epilogue(
+                        _taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2, T.min(v * _LANES, OW - _LANES), 0)
+                        + _taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2 + 1, T.min(v * _LANES, OW - _LANES), 1)
+                        + _taps(E, wd, task // nb % ncb * CB + c, c, ohi * 2 + 2, T.min(v * _LANES, OW - _LANES), 2),
+                        T.Broadcast(bd[task // nb % ncb * CB + c], _LANES),
+                        None,
                         relu2,
-                        _LANES,
                     )
 
     return expand_depthwise

@@ -18,9 +18,8 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from .. import cost_model
 from ..ir import channel_vector, clip_max, const_numpy, kernel_shape, layer_name, op_name, with_span
-from ..ir import dtype_of as _dtype
 from ..kernels import expand_depthwise
-from .group_sparse_conv import conv_record, use_counts
+from .group_sparse_conv import conv_attrs, conv_record, use_counts
 from .kernel_marks import RECORD_ATTR, mark_kernel
 
 
@@ -29,21 +28,6 @@ def _act(call) -> float | bool | None:
     if op_name(call) == "relax.nn.relu":
         return True
     return clip_max(call)
-
-
-def _attrs(call) -> dict | None:
-    """stride / padding / dilation / groups of an NCHW, OIHW, float32 conv2d, else None."""
-    a = call.attrs
-    if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "OIHW", "NCHW"):
-        return None
-    if _dtype(call) != "float32" or _dtype(call.args[0]) != "float32":
-        return None
-    return dict(
-        stride=tuple(int(v) for v in a.strides),
-        padding=tuple(int(v) for v in a.padding),
-        dilation=tuple(int(v) for v in a.dilation),
-        groups=int(a.groups),
-    )
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseExpandDepthwise")
@@ -67,8 +51,8 @@ class FuseExpandDepthwise:
         self.pattern = is_op("relax.clip")(self.add2, wildcard(), wildcard()) | is_op("relax.nn.relu")(self.add2)
 
     def _layers(self, expr, matches, uses):
-        """(data, [(conv call, weight, bias, attrs)] x 2, output shape) of a match this pass
-        takes, else None."""
+        """(data, its shape, [(conv call, weight, bias, attrs)] x 2, output shape) of a match this
+        pass takes, else None."""
         inner = [matches[p] for p in (self.conv1, self.add1, self.act1, self.conv2, self.add2)]
         if any(uses.get(e, 0) != 1 for e in inner):
             return None  # an intermediate someone else reads
@@ -78,26 +62,25 @@ class FuseExpandDepthwise:
             (self.conv1, self.w1, self.b1, matches[self.act1]),
             (self.conv2, self.wd, self.bd, expr),
         ):
-            call, attrs = matches[conv], _attrs(matches[conv])
+            call, attrs, relu = matches[conv], conv_attrs(matches[conv]), _act(act)
             weight = const_numpy(matches[w])
             bias = channel_vector(matches[b], weight.shape[0], 3) if attrs else None
-            if attrs is None or bias is None or _act(act) is None or str(weight.dtype) != "float32":
+            if attrs is None or bias is None or relu is None or str(weight.dtype) != "float32":
                 return None
-            layers.append((call, weight, bias, {**attrs, "relu": _act(act)}))
+            layers.append((call, weight, bias, {**attrs, "relu": relu}))
         dshape = kernel_shape(data)
-        if dshape is None or oshape is None or _dtype(data) != "float32":
+        if dshape is None or oshape is None:
             return None
         a1 = layers[0][3]
         if (a1["stride"], a1["dilation"], a1["groups"], sum(a1["padding"])) != ((1, 1), (1, 1), 1, 0):
             return None
-        return data, layers, oshape
+        return data, dshape, layers, oshape
 
     def _rewrite(self, expr, matches, uses, bb):
         found = self._layers(expr, matches, uses)
         if found is None:
             return expr
-        data, ((c1, w1, b1, a1), (c2, wd, bd, a2)), oshape = found
-        dshape = kernel_shape(data)
+        data, dshape, ((c1, w1, b1, a1), (c2, wd, bd, a2)), oshape = found
         tile = expand_depthwise.plan(
             dshape, w1.shape, wd.shape, *(a2[k] for k in ("stride", "padding", "dilation", "groups"))
         )

@@ -64,6 +64,22 @@ def use_counts(func: relax.Function) -> dict:
     return {value: counts.get(var, 0) for var, value in var_of.items()}
 
 
+def conv_attrs(call: relax.Call) -> dict | None:
+    """stride / padding / dilation / groups of a conv2d the kernel library takes (NCHW data, OIHW
+    weight, float32 data and output), else None."""
+    a = call.attrs
+    if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "OIHW", "NCHW"):
+        return None
+    if _dtype(call.args[0]) != "float32" or _dtype(call) != "float32":
+        return None
+    return dict(
+        stride=tuple(int(v) for v in a.strides),
+        padding=tuple(int(v) for v in a.padding),
+        dilation=tuple(int(v) for v in a.dilation),
+        groups=int(a.groups),
+    )
+
+
 def conv_record(name, dshape, weight, oshape, attrs, has_bias, dec, residual=False) -> dict:
     """The manifest record of one conv kernel (``attrs``: stride, padding, dilation, groups, relu;
     ``dec``: the cost model's decision); a float32 kernel's unless its compute dtype is set after."""
@@ -166,18 +182,9 @@ class GroupSparseConv:
                 return expr
         if not self._intermediates_single_use(matches, expr, self.conv, has_bias, has_relu, uses, has_res):
             return expr
-        a = call.attrs
-        data = matches[self.x]
+        data, attrs = matches[self.x], conv_attrs(call)
         dshape, oshape = kernel_shape(data), kernel_shape(call)  # the batch may be symbolic
-        if (
-            str(a.data_layout) != "NCHW"
-            or str(a.kernel_layout) != "OIHW"
-            or str(a.out_layout) != "NCHW"
-            or _dtype(data) != "float32"
-            or _dtype(call) != "float32"
-            or dshape is None
-            or oshape is None
-        ):
+        if attrs is None or dshape is None or oshape is None:
             return expr  # left to the generic path; warned about below
         weight = const_numpy(matches[self.w])
         if weight.dtype != np.float32:
@@ -190,14 +197,8 @@ class GroupSparseConv:
         res = self._residual(matches, oshape) if has_res else None
         if has_res and res is None:
             return expr
-        groups = int(a.groups)
-        attrs = dict(
-            stride=tuple(int(v) for v in a.strides),
-            padding=tuple(int(v) for v in a.padding),
-            dilation=tuple(int(v) for v in a.dilation),
-            groups=groups,
-            relu=has_relu,
-        )
+        groups = attrs["groups"]
+        attrs["relu"] = has_relu
         dec = cost_model.decide((batch_count(dshape), *dshape[1:]), weight, oshape, groups, sparse=self.sparse)
         name = layer_name(call) or f"conv{count['conv2d']}"
         count["conv2d"] += 1
